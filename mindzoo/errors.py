@@ -1,0 +1,9 @@
+"""The one exception type for bad user input.
+
+Raise :class:`UserInputError` with a single line that names the offending file or value and
+says how to fix it. The CLI prints that line (no traceback) and exits with status 2.
+"""
+
+
+class UserInputError(Exception):
+    """Bad input from the user: a file, a value, a name. The message is one line with the fix."""

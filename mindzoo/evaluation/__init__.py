@@ -1,0 +1,1 @@
+"""mindzoo.evaluation."""
