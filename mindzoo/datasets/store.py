@@ -1,0 +1,431 @@
+"""The tensor store: one Zarr v3 group per prepared dataset version.
+
+Layout of a store directory (what `prepare --out DIR` writes and `--store DIR` reads)::
+
+    DIR/CURRENT                      name of the version last prepared (plain text)
+    DIR/versions/<hash12>/           one Zarr v3 group per (dataset spec, config) hash
+        manifest.json                provenance, full config, config hash, per-file sha256
+        zarr.json                    root group; attrs hold schema version, dataset, config hash
+        stimuli/images               uint8 [n_stimuli, h, w, 3]; attrs: ids, labels, splits
+        features/<space>/<kind>      cached targets per stimulus, e.g. efficientnet-lite0/global
+        subjects/<sub>/signals       float32 [trial, voxel] (fMRI), chunked along trials
+        subjects/<sub>/trials/<col>  one 1-D array per trial column; strings stored as int codes
+                                     with their categories in the trials group attrs
+        subjects/<sub>/<axis>/<name> per-axis metadata (fMRI: voxels/ijk, voxels/xyz, voxels/roi);
+                                     attrs hold names, affine, volume shape, coordinate space
+
+Rules (DESIGN.md): writes are atomic (built in a hidden sibling, renamed at the end); the same
+config hash is a cache hit; a different config is a new version beside the old one; reads are
+lazy (`signals()` returns a Zarr array, nothing is loaded until sliced); `verify_store` re-hashes
+every file and checks the schema.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import zarr
+
+from mindzoo import __version__
+from mindzoo.errors import UserInputError
+
+SCHEMA_VERSION = 1
+SPLITS = ("train", "val", "test")
+MANIFEST = "manifest.json"
+CURRENT = "CURRENT"
+_TRIAL_CHUNK = 256
+
+
+def _version_name(config_hash: str) -> str:
+    return config_hash[:12]
+
+
+def find_version(store_dir: Path, config_hash: str) -> Path | None:
+    """Path of the complete version of `store_dir` built from `config_hash`, or None."""
+    candidate = Path(store_dir) / "versions" / _version_name(config_hash)
+    if (candidate / MANIFEST).is_file():
+        manifest = json.loads((candidate / MANIFEST).read_text())
+        if manifest.get("config_hash") == config_hash:
+            return candidate
+    return None
+
+
+def set_current(store_dir: Path, version_dir: Path) -> None:
+    """Point `store_dir/CURRENT` at `version_dir` (atomic replace)."""
+    tmp = Path(store_dir) / f".{CURRENT}.{uuid.uuid4().hex}"
+    tmp.write_text(version_dir.name + "\n")
+    os.replace(tmp, Path(store_dir) / CURRENT)
+
+
+def resolve_store(path: Path) -> Path:
+    """Turn a store directory (or a version directory inside it) into a version directory."""
+    path = Path(path)
+    if (path / MANIFEST).is_file():
+        return path
+    current = path / CURRENT
+    if current.is_file():
+        version = path / "versions" / current.read_text().strip()
+        if (version / MANIFEST).is_file():
+            return version
+    if not path.exists():
+        raise UserInputError(
+            f"No store at {path}; create one with `braindecode-cli prepare DATASET --out {path}`"
+        )
+    raise UserInputError(
+        f"{path} is not a mindzoo store (no {MANIFEST} or {CURRENT}); pass the --out directory of "
+        "`braindecode-cli prepare`"
+    )
+
+
+def _sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _data_files(version_dir: Path) -> Iterator[Path]:
+    for path in sorted(version_dir.rglob("*")):
+        if path.is_file() and path.name != MANIFEST:
+            yield path
+
+
+def _write_array(group: zarr.Group, name: str, data: np.ndarray, chunk_rows: int | None = None) -> None:
+    data = np.ascontiguousarray(data)
+    chunks = None
+    if chunk_rows is not None and data.ndim >= 1:
+        chunks = (max(1, min(chunk_rows, data.shape[0])), *data.shape[1:])
+    array = group.create_array(name, shape=data.shape, dtype=data.dtype, chunks=chunks or "auto")
+    if data.size:
+        array[...] = data
+
+
+class StoreWriter:
+    """Builds one store version in a hidden temporary directory and publishes it atomically.
+
+    Use as a context manager: on an exception the temporary directory is removed and nothing
+    appears under `store_dir`; on success `commit()` hashes every file, writes the manifest and
+    renames the directory to `versions/<hash12>`.
+    """
+
+    def __init__(self, store_dir: Path, config_hash: str) -> None:
+        self.store_dir = Path(store_dir)
+        self.config_hash = config_hash
+        self._created_store_dir = not self.store_dir.exists()
+        (self.store_dir / "versions").mkdir(parents=True, exist_ok=True)
+        self.tmp_dir = self.store_dir / "versions" / f".tmp-{_version_name(config_hash)}-{uuid.uuid4().hex[:8]}"
+        self.root = zarr.open_group(str(self.tmp_dir), mode="w", zarr_format=3)
+        self._committed: Path | None = None
+
+    def __enter__(self) -> StoreWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if self._committed is None:
+            shutil.rmtree(self.tmp_dir, ignore_errors=True)
+            if self._created_store_dir:
+                shutil.rmtree(self.store_dir, ignore_errors=True)
+
+    def write_stimuli(
+        self, images: np.ndarray | None, ids: list[str], labels: list[str], splits: list[str]
+    ) -> None:
+        """Stimulus table: images uint8 [n, h, w, 3] (or None) and per-stimulus id/label/split."""
+        if not (len(ids) == len(labels) == len(splits)):
+            raise ValueError("ids, labels and splits must have one entry per stimulus")
+        group = self.root.require_group("stimuli")
+        if images is not None:
+            if images.dtype != np.uint8 or images.ndim != 4 or images.shape[0] != len(ids):
+                raise ValueError(f"images must be uint8 [n={len(ids)}, h, w, 3], got {images.shape}")
+            _write_array(group, "images", images, chunk_rows=_TRIAL_CHUNK)
+        group.attrs.update({"ids": list(ids), "labels": list(labels), "splits": list(splits)})
+
+    def write_features(self, space: str, features: dict[str, np.ndarray]) -> None:
+        """Cached targets per stimulus for one feature space: {kind: array [n_stimuli, ...]}."""
+        group = self.root.require_group(f"features/{space}")
+        for kind, values in features.items():
+            _write_array(group, kind, values, chunk_rows=_TRIAL_CHUNK)
+
+    def write_subject(
+        self,
+        subject: str,
+        signals: np.ndarray,
+        trials: pd.DataFrame,
+        axis_name: str,
+        axis_arrays: dict[str, np.ndarray],
+        axis_attrs: dict[str, Any],
+    ) -> None:
+        """One subject: signals [trial, ...], its trial table and the metadata of axis 1.
+
+        `trials` needs the columns stimulus_index, session, run, repetition, split; string
+        columns are stored as int32 codes with their categories in attrs.
+        """
+        missing = {"stimulus_index", "session", "run", "repetition", "split"} - set(trials.columns)
+        if missing:
+            raise ValueError(f"trial table lacks columns {sorted(missing)}")
+        if len(trials) != signals.shape[0]:
+            raise ValueError(f"{len(trials)} trial rows for {signals.shape[0]} signal rows")
+        bad = set(trials["split"]) - set(SPLITS)
+        if bad:
+            raise ValueError(f"unknown split values {sorted(bad)}; expected {SPLITS}")
+        group = self.root.require_group(f"subjects/{subject}")
+        _write_array(group, "signals", signals, chunk_rows=_TRIAL_CHUNK)
+        trial_group = group.require_group("trials")
+        categories: dict[str, list[str]] = {}
+        for column in trials.columns:
+            values = trials[column]
+            if values.dtype == object or isinstance(values.dtype, pd.StringDtype):
+                cats = SPLITS if column == "split" else tuple(sorted(set(values.astype(str))))
+                lookup = {c: i for i, c in enumerate(cats)}
+                codes = np.array([lookup[str(v)] for v in values], dtype=np.int32)
+                categories[column] = list(cats)
+                _write_array(trial_group, column, codes)
+            else:
+                _write_array(trial_group, column, values.to_numpy())
+        trial_group.attrs["categories"] = categories
+        axis_group = group.require_group(axis_name)
+        for name, values in axis_arrays.items():
+            _write_array(axis_group, name, values)
+        axis_group.attrs.update(axis_attrs)
+        group.attrs.update({"axis": axis_name, "n_trials": int(signals.shape[0])})
+
+    def commit(self, manifest: dict[str, Any]) -> Path:
+        """Hash every file, write manifest.json, rename into place and update CURRENT."""
+        self.root.attrs.update(
+            {
+                "schema_version": SCHEMA_VERSION,
+                "config_hash": self.config_hash,
+                "dataset": manifest.get("dataset"),
+            }
+        )
+        checksums = {
+            str(p.relative_to(self.tmp_dir)): _sha256_file(p) for p in _data_files(self.tmp_dir)
+        }
+        full = {
+            "schema_version": SCHEMA_VERSION,
+            "config_hash": self.config_hash,
+            "package_version": __version__,
+            "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            **manifest,
+            "checksums": checksums,
+        }
+        (self.tmp_dir / MANIFEST).write_text(json.dumps(full, indent=2, sort_keys=True, default=str))
+        final = self.store_dir / "versions" / _version_name(self.config_hash)
+        if final.exists():  # an incomplete leftover without manifest; a complete one is a cache hit
+            shutil.rmtree(final)
+        os.replace(self.tmp_dir, final)
+        set_current(self.store_dir, final)
+        self._committed = final
+        return final
+
+
+@dataclass
+class TensorStore:
+    """Read access to one store version. Nothing is loaded until asked for."""
+
+    path: Path
+    manifest: dict[str, Any] = field(repr=False)
+    root: zarr.Group = field(repr=False)
+
+    @classmethod
+    def open(cls, path: Path) -> TensorStore:
+        """Open a store directory (its CURRENT version) or a version directory."""
+        version = resolve_store(Path(path))
+        manifest = json.loads((version / MANIFEST).read_text())
+        if manifest.get("schema_version") != SCHEMA_VERSION:
+            raise UserInputError(
+                f"Store {version} has schema version {manifest.get('schema_version')}, this mindzoo "
+                f"reads {SCHEMA_VERSION}; re-run `braindecode-cli prepare`"
+            )
+        return cls(version, manifest, zarr.open_group(str(version), mode="r"))
+
+    @property
+    def dataset(self) -> str:
+        return self.manifest["dataset"]
+
+    @property
+    def subjects(self) -> list[str]:
+        return sorted(self.root["subjects"].group_keys())
+
+    def _subject(self, subject: str) -> zarr.Group:
+        if subject not in self.subjects:
+            raise UserInputError(
+                f"Subject {subject!r} is not in store {self.path}; available: {', '.join(self.subjects)}"
+            )
+        return self.root[f"subjects/{subject}"]
+
+    def signals(self, subject: str) -> zarr.Array:
+        """Lazy Zarr array of the subject's signals, [trial, voxel] for fMRI."""
+        return self._subject(subject)["signals"]
+
+    def trials(self, subject: str) -> pd.DataFrame:
+        """The subject's trial table; coded string columns are decoded back to strings."""
+        group = self._subject(subject)["trials"]
+        categories = group.attrs.get("categories", {})
+        columns = {}
+        for name in sorted(group.array_keys()):
+            values = group[name][...]
+            if name in categories:
+                values = np.asarray(categories[name], dtype=object)[values]
+            columns[name] = values
+        return pd.DataFrame(columns)
+
+    def axis(self, subject: str) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        """Per-axis metadata of axis 1 (fMRI: voxels ijk/xyz/roi) and its attributes."""
+        group = self._subject(subject)
+        axis = group[group.attrs["axis"]]
+        return {name: axis[name][...] for name in axis.array_keys()}, dict(axis.attrs)
+
+    @property
+    def stimulus_ids(self) -> list[str]:
+        return list(self.root["stimuli"].attrs["ids"])
+
+    @property
+    def stimulus_labels(self) -> list[str]:
+        return list(self.root["stimuli"].attrs["labels"])
+
+    @property
+    def stimulus_splits(self) -> list[str]:
+        return list(self.root["stimuli"].attrs["splits"])
+
+    def images(self) -> zarr.Array:
+        """Lazy uint8 [n_stimuli, h, w, 3] stimulus images."""
+        if "images" not in self.root["stimuli"]:
+            raise UserInputError(f"Store {self.path} holds no stimulus images")
+        return self.root["stimuli/images"]
+
+    def feature_spaces(self) -> dict[str, list[str]]:
+        """{space: [kinds]} of the cached feature targets."""
+        if "features" not in self.root:
+            return {}
+        group = self.root["features"]
+        return {space: sorted(group[space].array_keys()) for space in sorted(group.group_keys())}
+
+    def features(self, space: str, kind: str = "global") -> zarr.Array:
+        """Lazy cached features [n_stimuli, ...] of one space and kind."""
+        spaces = self.feature_spaces()
+        if kind not in spaces.get(space, []):
+            have = ", ".join(f"{s}/{k}" for s, ks in spaces.items() for k in ks) or "none"
+            raise UserInputError(
+                f"Feature space {space}/{kind} is not cached in store {self.path} (have: {have}); "
+                f"re-run prepare with --set features=[...,{space}]"
+            )
+        return self.root[f"features/{space}/{kind}"]
+
+    def split(
+        self, subject: str, split: str, average_repeats: bool = False
+    ) -> tuple[np.ndarray, np.ndarray, pd.DataFrame]:
+        """Signals of one split: (X [n, ...] float32, stimulus_index [n], trial rows).
+
+        With `average_repeats` the repetitions of each stimulus are averaged (the MindEye test
+        convention) and one row per stimulus comes back, ordered by stimulus index.
+        """
+        if split not in SPLITS:
+            raise UserInputError(f"Unknown split {split!r}; expected one of {', '.join(SPLITS)}")
+        trials = self.trials(subject)
+        rows = np.flatnonzero(trials["split"].to_numpy() == split)
+        signals = self.signals(subject)
+        data = (
+            signals.get_orthogonal_selection((rows,)) if len(rows) else np.empty((0, *signals.shape[1:]))
+        )
+        data = np.asarray(data, dtype=np.float32)
+        table = trials.iloc[rows].reset_index(drop=True)
+        stim = table["stimulus_index"].to_numpy()
+        if not average_repeats:
+            return data, stim, table
+        unique, inverse = np.unique(stim, return_inverse=True)
+        sums = np.zeros((len(unique), *data.shape[1:]), dtype=np.float64)
+        np.add.at(sums, inverse, data)
+        counts = np.bincount(inverse, minlength=len(unique)).reshape(-1, *([1] * (data.ndim - 1)))
+        first = table.groupby(inverse, sort=True).head(1).reset_index(drop=True)
+        return (sums / counts).astype(np.float32), unique, first
+
+    def repeats(self, subject: str, split: str = "test") -> tuple[np.ndarray, np.ndarray]:
+        """Signals arranged [n_stimuli, n_reps, ...] for stimuli with the most common repeat count.
+
+        Used for noise ceilings. Returns (array, stimulus_index [n_stimuli]).
+        """
+        data, stim, table = self.split(subject, split)
+        unique, counts = np.unique(stim, return_counts=True)
+        if not len(unique):
+            raise UserInputError(f"No {split} trials for {subject} in store {self.path}")
+        n_reps = int(np.bincount(counts).argmax())
+        keep = unique[counts >= n_reps]
+        if n_reps < 2:
+            raise UserInputError(
+                f"{subject} has no repeated {split} stimuli in {self.path}; a noise ceiling needs repeats"
+            )
+        order = table.assign(_row=np.arange(len(table))).sort_values(["stimulus_index", "repetition"])
+        picked = [
+            order.loc[order["stimulus_index"] == s, "_row"].to_numpy()[:n_reps] for s in keep
+        ]
+        return data[np.stack(picked)], keep
+
+
+@dataclass
+class VerifyReport:
+    """What `verify_store` found: `problems` is empty when the store is intact."""
+
+    path: Path
+    n_files: int
+    n_bytes: int
+    problems: list[str]
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def verify_store(path: Path) -> VerifyReport:
+    """Re-hash every file of a store version against its manifest and check the schema."""
+    version = resolve_store(Path(path))
+    manifest = json.loads((version / MANIFEST).read_text())
+    expected: dict[str, str] = manifest.get("checksums", {})
+    problems: list[str] = []
+    n_bytes = 0
+    seen = set()
+    for file in _data_files(version):
+        rel = str(file.relative_to(version))
+        seen.add(rel)
+        n_bytes += file.stat().st_size
+        if rel not in expected:
+            problems.append(f"unexpected file {rel} (not in manifest)")
+        elif _sha256_file(file) != expected[rel]:
+            problems.append(f"checksum mismatch in {rel}")
+    problems += [f"missing file {rel}" for rel in sorted(set(expected) - seen)]
+    if not problems:
+        problems += _schema_problems(version)
+    return VerifyReport(version, len(seen), n_bytes, problems)
+
+
+def _schema_problems(version: Path) -> list[str]:
+    store = TensorStore.open(version)
+    problems = []
+    n_stimuli = len(store.stimulus_ids)
+    for space, kinds in store.feature_spaces().items():
+        for kind in kinds:
+            if store.features(space, kind).shape[0] != n_stimuli:
+                problems.append(f"features/{space}/{kind} has the wrong number of stimuli")
+    for subject in store.subjects:
+        signals = store.signals(subject)
+        trials = store.trials(subject)
+        if len(trials) != signals.shape[0]:
+            problems.append(f"{subject}: {len(trials)} trial rows for {signals.shape[0]} signal rows")
+        if len(trials) and (trials["stimulus_index"].max() >= n_stimuli or trials["stimulus_index"].min() < 0):
+            problems.append(f"{subject}: stimulus_index outside the stimulus table")
+        arrays, _ = store.axis(subject)
+        for name, values in arrays.items():
+            if values.shape[0] != signals.shape[1]:
+                problems.append(f"{subject}: axis array {name} does not match signals axis 1")
+    return problems
