@@ -102,7 +102,9 @@ def _data_files(version_dir: Path) -> Iterator[Path]:
             yield path
 
 
-def _write_array(group: zarr.Group, name: str, data: np.ndarray, chunk_rows: int | None = None) -> None:
+def _write_array(
+    group: zarr.Group, name: str, data: np.ndarray, chunk_rows: int | None = None
+) -> None:
     data = np.ascontiguousarray(data)
     chunks = None
     if chunk_rows is not None and data.ndim >= 1:
@@ -125,7 +127,11 @@ class StoreWriter:
         self.config_hash = config_hash
         self._created_store_dir = not self.store_dir.exists()
         (self.store_dir / "versions").mkdir(parents=True, exist_ok=True)
-        self.tmp_dir = self.store_dir / "versions" / f".tmp-{_version_name(config_hash)}-{uuid.uuid4().hex[:8]}"
+        self.tmp_dir = (
+            self.store_dir
+            / "versions"
+            / f".tmp-{_version_name(config_hash)}-{uuid.uuid4().hex[:8]}"
+        )
         self.root = zarr.open_group(str(self.tmp_dir), mode="w", zarr_format=3)
         self._committed: Path | None = None
 
@@ -147,7 +153,9 @@ class StoreWriter:
         group = self.root.require_group("stimuli")
         if images is not None:
             if images.dtype != np.uint8 or images.ndim != 4 or images.shape[0] != len(ids):
-                raise ValueError(f"images must be uint8 [n={len(ids)}, h, w, 3], got {images.shape}")
+                raise ValueError(
+                    f"images must be uint8 [n={len(ids)}, h, w, 3], got {images.shape}"
+                )
             _write_array(group, "images", images, chunk_rows=_TRIAL_CHUNK)
         group.attrs.update({"ids": list(ids), "labels": list(labels), "splits": list(splits)})
 
@@ -220,7 +228,9 @@ class StoreWriter:
             **manifest,
             "checksums": checksums,
         }
-        (self.tmp_dir / MANIFEST).write_text(json.dumps(full, indent=2, sort_keys=True, default=str))
+        (self.tmp_dir / MANIFEST).write_text(
+            json.dumps(full, indent=2, sort_keys=True, default=str)
+        )
         final = self.store_dir / "versions" / _version_name(self.config_hash)
         if final.exists():  # an incomplete leftover without manifest; a complete one is a cache hit
             shutil.rmtree(final)
@@ -337,7 +347,9 @@ class TensorStore:
         rows = np.flatnonzero(trials["split"].to_numpy() == split)
         signals = self.signals(subject)
         data = (
-            signals.get_orthogonal_selection((rows,)) if len(rows) else np.empty((0, *signals.shape[1:]))
+            signals.get_orthogonal_selection((rows,))
+            if len(rows)
+            else np.empty((0, *signals.shape[1:]))
         )
         data = np.asarray(data, dtype=np.float32)
         table = trials.iloc[rows].reset_index(drop=True)
@@ -366,10 +378,10 @@ class TensorStore:
             raise UserInputError(
                 f"{subject} has no repeated {split} stimuli in {self.path}; a noise ceiling needs repeats"
             )
-        order = table.assign(_row=np.arange(len(table))).sort_values(["stimulus_index", "repetition"])
-        picked = [
-            order.loc[order["stimulus_index"] == s, "_row"].to_numpy()[:n_reps] for s in keep
-        ]
+        order = table.assign(_row=np.arange(len(table))).sort_values(
+            ["stimulus_index", "repetition"]
+        )
+        picked = [order.loc[order["stimulus_index"] == s, "_row"].to_numpy()[:n_reps] for s in keep]
         return data[np.stack(picked)], keep
 
 
@@ -421,8 +433,12 @@ def _schema_problems(version: Path) -> list[str]:
         signals = store.signals(subject)
         trials = store.trials(subject)
         if len(trials) != signals.shape[0]:
-            problems.append(f"{subject}: {len(trials)} trial rows for {signals.shape[0]} signal rows")
-        if len(trials) and (trials["stimulus_index"].max() >= n_stimuli or trials["stimulus_index"].min() < 0):
+            problems.append(
+                f"{subject}: {len(trials)} trial rows for {signals.shape[0]} signal rows"
+            )
+        if len(trials) and (
+            trials["stimulus_index"].max() >= n_stimuli or trials["stimulus_index"].min() < 0
+        ):
             problems.append(f"{subject}: stimulus_index outside the stimulus table")
         arrays, _ = store.axis(subject)
         for name, values in arrays.items():

@@ -1,0 +1,5 @@
+"""`python -m mindzoo` is `braindecode-cli`."""
+
+from mindzoo.cli.app import main
+
+main()

@@ -1,0 +1,24 @@
+"""`braindecode-cli models`: the zoo."""
+
+from __future__ import annotations
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from mindzoo.models import list_models
+
+console = Console()
+
+
+def register(app: typer.Typer) -> None:
+    @app.command()
+    def models() -> None:
+        """List the models `train` knows, with their parameter counts where fixed."""
+        table = Table(title="mindzoo models")
+        for column in ("name", "parameters", "description"):
+            table.add_column(column)
+        for info in list_models():
+            count = info.n_params() if info.n_params is not None else None
+            table.add_row(info.name, f"{count:,}" if count else "data-dependent", info.description)
+        console.print(table)

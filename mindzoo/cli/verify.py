@@ -1,0 +1,27 @@
+"""`braindecode-cli verify STORE`: re-hash every file and check the schema."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.console import Console
+
+from mindzoo.datasets.store import verify_store
+
+console = Console()
+
+
+def register(app: typer.Typer) -> None:
+    @app.command()
+    def verify(store: Path = typer.Argument(..., help="Store directory or version.")) -> None:
+        """Check a store's checksums and schema; exit 1 when anything is wrong."""
+        report = verify_store(store)
+        if report.ok:
+            console.print(
+                f"ok: {report.path} ({report.n_files} files, {report.n_bytes / 1e6:.1f} MB verified)"
+            )
+            return
+        for problem in report.problems:
+            console.print(f"[red]corrupt:[/] {report.path}: {problem}", highlight=False)
+        raise typer.Exit(1)

@@ -1,0 +1,101 @@
+"""`evaluate`: a run directory + its store -> metrics.json, report.md and figures."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from safetensors.numpy import load_file
+
+from mindzoo.datasets.store import TensorStore
+from mindzoo.errors import UserInputError
+from mindzoo.evaluation.metrics import evaluate_features
+from mindzoo.evaluation.noise_ceiling import noise_ceiling
+from mindzoo.evaluation.report import SubjectResult, write_report
+
+
+def _read_run(run_dir: Path) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    config_path = run_dir / "config.json"
+    pred_path = run_dir / "predictions.safetensors"
+    for path in (config_path, pred_path):
+        if not path.is_file():
+            raise UserInputError(
+                f"{path} is missing; pass the --out directory of `braindecode-cli train`"
+            )
+    return json.loads(config_path.read_text()), load_file(str(pred_path))
+
+
+def _open_store(config: dict[str, Any], run_dir: Path) -> TensorStore:
+    store = TensorStore.open(Path(config["store"]))
+    if store.manifest["config_hash"] != config["store_config_hash"]:
+        raise UserInputError(
+            f"Store {config['store']} changed since run {run_dir} was trained "
+            "(config hash differs); re-run train"
+        )
+    return store
+
+
+def mean_metrics(per_subject: dict[str, dict[str, float]]) -> dict[str, float]:
+    """Mean over subjects of every metric all subjects have."""
+    keys = set.intersection(*(set(m) for m in per_subject.values())) if per_subject else set()
+    return {k: float(np.mean([m[k] for m in per_subject.values()])) for k in sorted(keys)}
+
+
+def evaluate_run(run_dir: Path, out: Path | None = None) -> dict[str, Any]:
+    """Score a run's test predictions against the store's cached features; write the report.
+
+    Metrics per subject (keys `<metric>.<space>`): two-way identification, retrieval top-1
+    and feature correlation on repeat-averaged test betas, plus the median noise ceiling of
+    the subject's voxels (from the test repeats) and chance levels.
+    """
+    run_dir = Path(run_dir)
+    config, predictions = _read_run(run_dir)
+    store = _open_store(config, run_dir)
+    space = config["settings"]["feature_space"]
+    kind = config["settings"]["feature_kind"]
+    features = store.features(space, kind)
+    images = store.images()[...] if "images" in store.root["stimuli"] else None
+    per_subject: dict[str, dict[str, float]] = {}
+    results: dict[str, SubjectResult] = {}
+    for subject in config["subjects"]:
+        pred = predictions[f"{subject}/test_pred"]
+        stim = predictions[f"{subject}/test_stimulus_index"]
+        true = np.asarray(features.get_orthogonal_selection((stim,)), dtype=np.float32)
+        true = true.reshape(len(stim), -1)
+        scores = evaluate_features(pred, true, space)
+        repeats, _ = store.repeats(subject, "test")
+        ceiling = noise_ceiling(repeats)
+        scores.update(
+            {
+                "noise_ceiling_median": float(np.median(ceiling)),
+                "n_test_stimuli": int(len(stim)),
+                "chance.two_way_id": 0.5,
+                "chance.retrieval_top1": 1.0 / len(stim),
+            }
+        )
+        per_subject[subject] = scores
+        arrays, attrs = store.axis(subject)
+        results[subject] = SubjectResult(
+            pred=pred,
+            true=true,
+            noise_ceiling=ceiling,
+            voxel_ijk=arrays.get("ijk"),
+            affine=np.asarray(attrs["affine"]) if "affine" in attrs else None,
+            volume_shape=tuple(attrs["volume_shape"]) if "volume_shape" in attrs else None,
+            test_images=images[stim] if images is not None else None,
+        )
+    metrics = {
+        "dataset": config["dataset"],
+        "model": config["model"],
+        "feature_space": f"{space}/{kind}",
+        "run": str(run_dir.resolve()),
+        "subjects": per_subject,
+        "mean": mean_metrics(per_subject),
+    }
+    out = Path(out) if out is not None else run_dir / "eval"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    write_report(out, metrics, results, title=f"{config['model']} on {config['dataset']}")
+    return metrics
