@@ -1,0 +1,94 @@
+"""Prepare time of the fMRI pipeline against the I/O floor, measured side by side.
+
+The I/O floor is the time to just load every bold run of the dataset with nibabel (all voxels,
+float32). The prepare time is `prepare bids-fmri` on the same files: masking, GLM betas,
+z-scoring and writing the store (feature extraction is timed separately: it depends on the
+number of stimuli, not of bold runs). Target: prepare / I/O floor <= 3.
+
+    python bench/prepare_fmri.py [--out bench/results/prepare_fmri.json] [--set simulator.KEY=VALUE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import torch
+
+from mindzoo.datasets.catalog import get_dataset, resolve_settings
+from mindzoo.datasets.prepare import prepare_dataset
+from mindzoo.datasets.synthetic_fmri import SyntheticFMRIConfig, simulate_bids
+
+
+def load_all_bold(root: Path) -> tuple[float, int]:
+    """Seconds to load every bold run with nibabel, and the number of runs."""
+    runs = sorted(root.rglob("*_bold.nii*"))
+    start = time.perf_counter()
+    for path in runs:
+        np.asarray(nib.load(path).dataobj, dtype=np.float32)
+    return time.perf_counter() - start, len(runs)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=Path("bench/results/prepare_fmri.json"))
+    parser.add_argument("--set", dest="sets", action="append", default=[])
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    torch.set_num_threads(2)
+    simulator = resolve_settings(get_dataset("synthetic-fmri"), args.sets)["simulator"]
+    work = Path(tempfile.mkdtemp(prefix="mindzoo-bench-"))
+    try:
+        root = work / "bids"
+        start = time.perf_counter()
+        simulate_bids(root, SyntheticFMRIConfig(**simulator), progress=False)
+        simulate_seconds = time.perf_counter() - start
+        load_all_bold(root)  # warm the page cache so both timings read from memory alike
+        floors, prepares = [], []
+        for i in range(args.repeats):
+            floors.append(load_all_bold(root)[0])
+            start = time.perf_counter()
+            prepare_dataset(
+                "bids-fmri",
+                work / f"store-{i}",
+                source=root,
+                overrides=["features=[]"],
+                progress=False,
+            )
+            prepares.append(time.perf_counter() - start)
+        start = time.perf_counter()
+        prepare_dataset(
+            "bids-fmri", work / "store-0", source=root, overrides=["features=[]"], progress=False
+        )
+        cache_hit_seconds = time.perf_counter() - start
+        n_runs = load_all_bold(root)[1]
+        bold_bytes = sum(p.stat().st_size for p in root.rglob("*_bold.nii*"))
+        result = {
+            "benchmark": "prepare_fmri",
+            "machine": {"cpu_count": torch.get_num_threads(), "platform": platform.platform()},
+            "dataset": {"n_runs": n_runs, "bold_megabytes_on_disk": round(bold_bytes / 1e6, 1)},
+            "simulate_seconds": round(simulate_seconds, 2),
+            "io_floor_seconds": round(min(floors), 3),
+            "prepare_seconds": round(min(prepares), 3),
+            "ratio_prepare_over_io_floor": round(min(prepares) / min(floors), 2),
+            "target_ratio": 3.0,
+            "cache_hit_seconds": round(cache_hit_seconds, 3),
+            "all_io_floor_seconds": [round(x, 3) for x in floors],
+            "all_prepare_seconds": [round(x, 3) for x in prepares],
+        }
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    print(json.dumps(result, indent=2))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
