@@ -6,7 +6,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from mindzoo.models import list_models
+from mindzoo.models import create_model, list_models
 
 console = Console()
 
@@ -19,6 +19,8 @@ def register(app: typer.Typer) -> None:
         for column in ("name", "parameters", "description"):
             table.add_column(column)
         for info in list_models():
-            count = info.n_params() if info.n_params is not None else None
+            count = None
+            if info.count_parameters is not None:  # default config; data-sized models have none
+                count = info.count_parameters(create_model(info.name))
             table.add_row(info.name, f"{count:,}" if count else "data-dependent", info.description)
         console.print(table)

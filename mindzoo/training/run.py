@@ -103,7 +103,7 @@ def train_model(
             cv = model.cv_results_
             metrics[subject] = {
                 "alpha": float(cv["alpha"]),
-                "cv_score": float(cv["best_score"]),
+                "cv_score": float(cv["score"]),
                 "n_train_trials": int(len(x_train)),
                 "n_test_stimuli": int(len(stim_test)),
                 "n_voxels": int(x_train.shape[1]),
