@@ -26,7 +26,7 @@ err_console = Console(stderr=True)
 def main() -> None:
     """Console entry point: user errors become one line on stderr and exit status 2."""
     try:
-        app(standalone_mode=False)
+        status = app(standalone_mode=False)  # click returns typer.Exit codes in this mode
     except UserInputError as exc:
         err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
         sys.exit(2)
@@ -42,3 +42,4 @@ def main() -> None:
             exc.show()
             sys.exit(exc.exit_code)
         raise
+    sys.exit(status if isinstance(status, int) else 0)
