@@ -62,7 +62,9 @@ def test_prepare_writes_a_store_and_metrics(tiny_store: Path) -> None:
         test = trials[trials["split"] == "test"]
         assert len(test) == 8 * 3 and sorted(set(test["repetition"])) == [0, 1, 2]
     # both subjects see the same test stimuli
-    tests = [set(store.trials(s).query("split == 'test'")["stimulus_index"]) for s in store.subjects]
+    tests = [
+        set(store.trials(s).query("split == 'test'")["stimulus_index"]) for s in store.subjects
+    ]
     assert tests[0] == tests[1] and len(tests[0]) == 8
     assert store.signals("sub-01").shape[1] != store.signals("sub-02").shape[1]
     assert store.features("efficientnet-lite0", "global").shape == (len(store.stimulus_ids), 1280)
@@ -72,23 +74,34 @@ def test_prepare_writes_a_store_and_metrics(tiny_store: Path) -> None:
 def test_prepare_again_is_a_cache_hit_and_a_change_is_a_new_version(tiny_store: Path) -> None:
     versions = sorted(p.name for p in (tiny_store / "versions").iterdir())
     start = time.perf_counter()
-    assert cli("prepare", "synthetic-fmri", "--out", str(tiny_store), "--seed", "3", *sets(TINY)) == 0
+    assert (
+        cli("prepare", "synthetic-fmri", "--out", str(tiny_store), "--seed", "3", *sets(TINY)) == 0
+    )
     assert time.perf_counter() - start < 5.0
     assert json.loads((tiny_store / "metrics.json").read_text())["cache_hit"] is True
     assert sorted(p.name for p in (tiny_store / "versions").iterdir()) == versions
     changed = [*TINY, "pipeline.high_pass_hz=0.02", "features=[pixels]"]
-    assert cli("prepare", "synthetic-fmri", "--out", str(tiny_store), "--seed", "3", *sets(changed)) == 0
+    assert (
+        cli("prepare", "synthetic-fmri", "--out", str(tiny_store), "--seed", "3", *sets(changed))
+        == 0
+    )
     after = sorted(p.name for p in (tiny_store / "versions").iterdir())
     assert len(after) == len(versions) + 1 and set(versions) < set(after)
     # put CURRENT back on the first version for the tests that follow
-    assert cli("prepare", "synthetic-fmri", "--out", str(tiny_store), "--seed", "3", *sets(TINY)) == 0
+    assert (
+        cli("prepare", "synthetic-fmri", "--out", str(tiny_store), "--seed", "3", *sets(TINY)) == 0
+    )
     assert TensorStore.open(tiny_store).path.name == versions[0]
 
 
 def test_verify_ok_then_corrupt(tiny_store: Path, tmp_path: Path) -> None:
     assert cli("verify", str(tiny_store)) == 0
     version = TensorStore.open(tiny_store).path
-    chunk = next(p for p in sorted((version / "subjects/sub-01/signals").rglob("*")) if p.is_file() and p.name != "zarr.json")
+    chunk = next(
+        p
+        for p in sorted((version / "subjects/sub-01/signals").rglob("*"))
+        if p.is_file() and p.name != "zarr.json"
+    )
     original = chunk.read_bytes()
     chunk.write_bytes(bytes([original[0] ^ 0xFF]) + original[1:])
     try:
@@ -100,7 +113,21 @@ def test_verify_ok_then_corrupt(tiny_store: Path, tmp_path: Path) -> None:
 
 def test_train_and_evaluate(tiny_store: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"
-    assert cli("train", "ridge", "--store", str(tiny_store), "--subjects", "01,02", "--out", str(run), "--set", "model.n_folds=3") == 0
+    assert (
+        cli(
+            "train",
+            "ridge",
+            "--store",
+            str(tiny_store),
+            "--subjects",
+            "01,02",
+            "--out",
+            str(run),
+            "--set",
+            "model.n_folds=3",
+        )
+        == 0
+    )
     for name in ("config.json", "model.safetensors", "predictions.safetensors", "metrics.json"):
         assert (run / name).is_file()
     assert cli("evaluate", str(run), "--out", str(tmp_path / "eval")) == 0
@@ -113,12 +140,16 @@ def test_train_and_evaluate(tiny_store: Path, tmp_path: Path) -> None:
     features = store.features("efficientnet-lite0", "global")[...]
     for subject, row in metrics["subjects"].items():
         stim = predictions[f"{subject}/test_stimulus_index"]
-        expect = evaluate_features(predictions[f"{subject}/test_pred"], features[stim], "efficientnet-lite0")
+        expect = evaluate_features(
+            predictions[f"{subject}/test_pred"], features[stim], "efficientnet-lite0"
+        )
         for key, value in expect.items():
             assert row[key] == pytest.approx(value)
         assert 0.0 <= row["noise_ceiling_median"] <= 1.0
         assert row["n_test_stimuli"] == 8
-    mean_top1 = np.mean([r["retrieval_top1.efficientnet-lite0"] for r in metrics["subjects"].values()])
+    mean_top1 = np.mean(
+        [r["retrieval_top1.efficientnet-lite0"] for r in metrics["subjects"].values()]
+    )
     assert metrics["mean"]["retrieval_top1.efficientnet-lite0"] == pytest.approx(mean_top1)
     report = (tmp_path / "eval" / "report.md").read_text()
     assert "sub-01" in report and any((tmp_path / "eval").glob("*.png"))
@@ -131,7 +162,10 @@ def test_train_and_evaluate(tiny_store: Path, tmp_path: Path) -> None:
     [
         (["prepare", "no-such-dataset"], "Unknown dataset 'no-such-dataset'"),
         (["train", "no-such-model", "--store", "x"], "Unknown model"),
-        (["prepare", "synthetic-fmri", "--set", "pipline.glm=lss"], "Unknown --set key 'pipline.glm'"),
+        (
+            ["prepare", "synthetic-fmri", "--set", "pipline.glm=lss"],
+            "Unknown --set key 'pipline.glm'",
+        ),
         (["prepare", "synthetic-fmri", "--set", "pipeline.glm=ols"], "pipeline"),
         (["verify", "/nonexistent/store"], "No store at /nonexistent/store"),
         (["prepare", "bids-fmri"], "--source"),
