@@ -112,3 +112,19 @@ def test_unknown_space_names_it_and_lists_the_valid_ones(small_images):
 def test_bad_images_are_user_input_errors(images):
     with pytest.raises(UserInputError, match="image"):
         compute_features("pixels", images)
+
+
+def test_compute_features_memo_matches_fresh_computation() -> None:
+    from mindzoo.features import _MEMO
+
+    rng = np.random.default_rng(5)
+    images = rng.integers(0, 256, (5, 16, 16, 3), dtype=np.uint8)
+    _MEMO.clear()
+    first = compute_features("pixels", images[:3], progress=False)
+    # reordered and partly new: cached rows come back in the new order, new ones are computed
+    order = [4, 2, 0, 3, 1]
+    second = compute_features("pixels", images[order], progress=False)
+    _MEMO.clear()
+    fresh = compute_features("pixels", images[order], progress=False)
+    np.testing.assert_array_equal(second["global"], fresh["global"])
+    np.testing.assert_array_equal(first["global"], fresh["global"][[2, 4, 1]])

@@ -14,13 +14,19 @@ console = Console()
 
 
 def metrics_table(metrics: dict) -> Table:
-    """Subjects x main metrics as a rich table."""
-    keys = [k for k in next(iter(metrics["subjects"].values())) if "." in k and "chance" not in k]
+    """Subjects x main metrics as a rich table (the feature space goes in the title)."""
+    first = next(iter(metrics["subjects"].values()))
+    keys = [k for k in first if "." in k and not k.startswith("chance")]
     keys.append("noise_ceiling_median")
-    table = Table(title=f"{metrics['model']} on {metrics['dataset']}")
+    short = {"two_way_id": "2-way id", "retrieval_top1": "top-1", "feature_corr": "feature r"}
+    spaces = sorted({k.split(".", 1)[1] for k in keys if "." in k})
+    table = Table(title=f"{metrics['model']} on {metrics['dataset']} ({', '.join(spaces)})")
     table.add_column("subject")
     for key in keys:
-        table.add_column(key.replace(".", "\n"), justify="right")
+        name = key.split(".", 1)[0]
+        table.add_column(
+            short.get(name, "NC median" if key == "noise_ceiling_median" else key), justify="right"
+        )
     for name, row in [*metrics["subjects"].items(), ("mean", metrics["mean"])]:
         table.add_row(name, *(f"{row[k]:.3f}" for k in keys))
     return table
