@@ -8,6 +8,7 @@ import sys
 import time
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import pytest
 from safetensors.numpy import load_file
@@ -38,6 +39,12 @@ def cli(*args: str) -> int:
     finally:
         sys.argv = old
     return 0
+
+
+def error_lines(stderr: str) -> list[str]:
+    """The error lines of stderr (progress bars aside); fails on a traceback."""
+    assert "Traceback" not in stderr, stderr
+    return [line for line in stderr.splitlines() if line.startswith("error:")]
 
 
 def sets(items: list[str]) -> list[str]:
@@ -178,7 +185,7 @@ def test_bad_input_is_one_line_and_exit_2(args: list[str], message: str, tmp_pat
         [sys.executable, "-m", "mindzoo", *full], capture_output=True, text=True, cwd=tmp_path
     )
     assert proc.returncode == 2, proc.stderr
-    lines = [line for line in proc.stderr.strip().splitlines() if line.strip()]
+    lines = error_lines(proc.stderr)
     assert len(lines) == 1 and message in lines[0], proc.stderr
     assert not out.exists()
 
@@ -189,3 +196,74 @@ def test_datasets_and_models_list(capsys: pytest.CaptureFixture[str]) -> None:
     assert "synthetic-fmri" in out and "bids-fmri" in out
     assert cli("models") == 0
     assert "ridge" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("case", ["3d-bold", "events-missing", "no-onset", "tr-mismatch", "nan"])
+def test_prepare_bids_bad_input_exit_2_and_no_store(case: str, tmp_path: Path) -> None:
+    from bids_factory import write_bids_fmri
+    from test_pipeline_fmri import BAD_INPUTS
+
+    source = tmp_path / "bids"
+    write_bids_fmri(source, n_subjects=1, n_sessions=1, n_runs=2, n_train_per_run=3, seed=1)
+    corrupt, _, named = BAD_INPUTS[case]
+    corrupt(source)
+    out = tmp_path / "store"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mindzoo",
+            "prepare",
+            "bids-fmri",
+            "--source",
+            str(source),
+            "--out",
+            str(out),
+            "--set",
+            "features=[]",
+        ],
+        capture_output=True,
+        text=True,
+    )
+    lines = error_lines(proc.stderr)
+    assert proc.returncode == 2 and len(lines) == 1 and named in lines[0], proc.stderr
+    assert not out.exists()
+
+
+def test_failed_prepare_keeps_the_existing_store(tmp_path: Path) -> None:
+    from bids_factory import bold_path, write_bids_fmri
+
+    source = tmp_path / "bids"
+    write_bids_fmri(source, n_subjects=1, n_sessions=1, n_runs=2, n_train_per_run=3, seed=1)
+    out = tmp_path / "store"
+    assert (
+        cli(
+            "prepare",
+            "bids-fmri",
+            "--source",
+            str(source),
+            "--out",
+            str(out),
+            "--set",
+            "features=[]",
+        )
+        == 0
+    )
+    before = sorted(str(p.relative_to(out)) for p in out.rglob("*"))
+    image = nib.load(bold_path(source))
+    nib.save(image.slicer[..., 0], bold_path(source))  # now 3D: the next prepare must fail
+    assert (
+        cli(
+            "prepare",
+            "bids-fmri",
+            "--source",
+            str(source),
+            "--out",
+            str(out),
+            "--set",
+            "features=[]",
+        )
+        == 2
+    )
+    assert sorted(str(p.relative_to(out)) for p in out.rglob("*")) == before
+    assert cli("verify", str(out)) == 0
