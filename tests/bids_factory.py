@@ -15,12 +15,18 @@ Stimuli: ``n_test`` shared test images that every subject sees in every run, plu
 under ``stimuli/``. The layout is that of the synthetic simulator (see the fMRI pipeline
 docstring): sidecars at the top and per run, events with stim_file/stim_id/category/split,
 ``derivatives/masks`` with a brain mask and a two-ROI dseg.
+
+``write_fmriprep`` adds fMRIPrep outputs for those runs under fMRIPrep's real names
+(``*_space-T1w_desc-preproc_bold.nii.gz`` + ``.json``, ``*_space-T1w_desc-brain_mask.nii.gz``,
+``*_desc-confounds_timeseries.tsv`` with its column names and ``n/a`` first rows): the same
+signal on another grid, plus a motion artefact that only the confounds explain.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,6 +39,7 @@ from PIL import Image
 
 TASK = "images"
 ROI_NAMES = {1: "V1", 2: "LOC"}
+MOTION = ("trans_x", "trans_y", "trans_z", "rot_x", "rot_y", "rot_z")
 
 
 @dataclass
@@ -100,8 +107,8 @@ def write_bids_fmri(
     if n_frames < needed:
         raise ValueError(f"n_frames={n_frames} is too short for {n_trials} trials ({needed})")
 
-    _write_json(root / "dataset_description.json", {"Name": "factory", "BIDSVersion": "1.8.0"})
-    _write_json(root / f"task-{TASK}_bold.json", {"TaskName": TASK, "RepetitionTime": tr})
+    write_json(root / "dataset_description.json", {"Name": "factory", "BIDSVersion": "1.8.0"})
+    write_json(root / f"task-{TASK}_bold.json", {"TaskName": TASK, "RepetitionTime": tr})
     subjects = [f"{i + 1:02d}" for i in range(n_subjects)]
     pd.DataFrame({"participant_id": [f"sub-{s}" for s in subjects]}).to_csv(
         root / "participants.tsv", sep="\t", index=False
@@ -126,13 +133,13 @@ def write_bids_fmri(
                 onsets = 4.0 + np.arange(n_trials) * trial_spacing_s
                 onsets += rng.uniform(-1.0, 1.0, size=n_trials)
                 betas = rng.normal(0.0, beta_sd, size=(n_trials, *shape)).astype(np.float32)
-                bold = _simulate_bold(
+                bold = simulate_bold(
                     baseline, betas, onsets, duration_s, n_frames, tr, high_pass_hz, noise_sd, rng
                 )
                 stem = _stem(subject, session if with_sessions else None, run)
                 func = _func_dir(root, subject, session if with_sessions else None)
-                _write_bold(func / f"{stem}_bold{extension}", bold, affine, tr, dtype)
-                _write_json(func / f"{stem}_bold.json", {"RepetitionTime": tr, "TaskName": TASK})
+                write_bold_image(func / f"{stem}_bold{extension}", bold, affine, tr, dtype)
+                write_json(func / f"{stem}_bold.json", {"RepetitionTime": tr, "TaskName": TASK})
                 events = _events(files, onsets, duration_s, stimuli)
                 events.to_csv(func / f"{stem}_events.tsv", sep="\t", index=False, na_rep="n/a")
                 for file, onset, beta in zip(files, onsets, betas, strict=True):
@@ -176,7 +183,7 @@ def bold_path(root: Path, subject: str = "01", session: int | None = 1, run: int
     return next(folder.glob(f"{_stem(subject, session, run)}_bold.nii*"))
 
 
-def _simulate_bold(
+def simulate_bold(
     baseline: np.ndarray,
     betas: np.ndarray,
     onsets: np.ndarray,
@@ -187,6 +194,7 @@ def _simulate_bold(
     noise_sd: float,
     rng: np.random.Generator,
 ) -> np.ndarray:
+    """float32 ``[x, y, z, frame]``: baseline + HRF-convolved trial betas + drift + noise."""
     frame_times = np.arange(n_frames) * tr
     regressors = np.column_stack(
         [
@@ -205,7 +213,10 @@ def _simulate_bold(
     return np.moveaxis(series.reshape(n_frames, *shape), 0, -1).astype(np.float32)
 
 
-def _write_bold(path: Path, bold: np.ndarray, affine: np.ndarray, tr: float, dtype: str) -> None:
+def write_bold_image(
+    path: Path, bold: np.ndarray, affine: np.ndarray, tr: float, dtype: str = "float32"
+) -> None:
+    """A 4D NIfTI with the TR in pixdim[4] (seconds), stored as ``dtype``."""
     image = nib.Nifti1Image(bold, affine)
     image.header.set_xyzt_units("mm", "sec")
     image.header.set_zooms((*image.header.get_zooms()[:3], tr))
@@ -304,5 +315,79 @@ class _StimulusWriter:
         ).to_csv(self.folder / "stimuli.tsv", sep="\t", index=False)
 
 
-def _write_json(path: Path, content: dict) -> None:
+def write_json(path: Path, content: dict) -> None:
+    """``content`` as an indented JSON file (parents created)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(content, indent=2))
+
+
+def t1w_affine() -> np.ndarray:
+    """The grid fMRIPrep's ``space-T1w`` outputs are written on: not the raw bold's grid."""
+    affine = np.diag([2.5, 2.5, 3.0, 1.0])
+    affine[:3, 3] = [-20.0, -24.0, -12.0]
+    return affine
+
+
+def write_fmriprep(
+    root: Path,
+    *,
+    space: str = "T1w",
+    motion_scale: float = 5.0,
+    pad_runs: bool = True,
+    seed: int = 0,
+) -> list[Path]:
+    """fMRIPrep outputs for every raw run under ``root``; returns the preprocessed bold paths.
+
+    Each preprocessed bold is the raw series on :func:`t1w_affine`'s grid plus
+    ``motion_scale * trans_x(t) * pattern(voxel)``; ``trans_x`` is in the confounds TSV.
+    ``pad_runs=False`` writes ``run-1`` where the raw file has ``run-01`` (as NOD's do).
+    """
+    rng = np.random.default_rng(seed)
+    written = []
+    for raw in sorted(root.glob("sub-*/**/func/*_bold.nii*")):
+        prefix = raw.name.split("_bold.nii")[0]
+        if not pad_runs:
+            prefix = re.sub(r"run-0*(\d+)", r"run-\1", prefix)
+        folder = root / "derivatives" / "fmriprep" / raw.parent.relative_to(root)
+        folder.mkdir(parents=True, exist_ok=True)
+        image = nib.load(raw)
+        data = image.get_fdata(dtype=np.float32)
+        tr = float(image.header.get_zooms()[3])
+        motion = rng.normal(size=data.shape[3]).cumsum()
+        pattern = rng.normal(size=data.shape[:3])
+        data += motion_scale * motion[None, None, None, :] * pattern[..., None]
+        bold = folder / f"{prefix}_space-{space}_desc-preproc_bold.nii.gz"
+        write_bold_image(bold, data, t1w_affine(), tr)
+        task = re.search(r"task-([^_]+)", prefix).group(1)
+        write_json(
+            bold.with_name(bold.name.replace(".nii.gz", ".json")),
+            {"RepetitionTime": tr, "SkullStripped": False, "TaskName": task},
+        )
+        subject = re.search(r"sub-([^_]+)", prefix).group(1)
+        brain = next(
+            (root / "derivatives" / "masks" / f"sub-{subject}").rglob("*_desc-brain_mask*")
+        )
+        mask = np.asanyarray(nib.load(brain).dataobj).astype(np.uint8)
+        nib.save(
+            nib.Nifti1Image(mask, t1w_affine()),
+            folder / f"{prefix}_space-{space}_desc-brain_mask.nii.gz",
+        )
+        _confounds_table(motion, rng).to_csv(
+            folder / f"{prefix}_desc-confounds_timeseries.tsv", sep="\t", index=False, na_rep="n/a"
+        )
+        written.append(bold)
+    return written
+
+
+def _confounds_table(trans_x: np.ndarray, rng: np.random.Generator) -> pd.DataFrame:
+    """A confounds TSV with fMRIPrep's column names; derivatives and FD start with n/a."""
+    n = len(trans_x)
+    table = {"global_signal": rng.normal(100.0, 1.0, n), "csf": rng.normal(90.0, 1.0, n)}
+    table["white_matter"] = rng.normal(80.0, 1.0, n)
+    motion = {"trans_x": trans_x, **{name: 0.01 * rng.normal(size=n) for name in MOTION[1:]}}
+    for name, values in motion.items():
+        table[name] = values
+        table[f"{name}_derivative1"] = np.r_[np.nan, np.diff(values)]
+    table["framewise_displacement"] = np.r_[np.nan, np.abs(np.diff(trans_x))]
+    table["std_dvars"] = np.r_[np.nan, rng.uniform(0.8, 1.2, n - 1)]
+    return pd.DataFrame(table)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -421,3 +422,198 @@ def test_mask_mismatch_says_to_resample(tmp_path):
     _mask_affine(tmp_path)
     with pytest.raises(UserInputError, match="resample the mask to the bold grid"):
         _prepare(tmp_path)
+
+
+# --- masks on another grid ---------------------------------------------------------------------
+
+MASK = "derivatives/masks/sub-01/func/sub-01_space-native_desc-brain_mask.nii.gz"
+
+
+def _upsampled_mask(root: Path, factor: int = 3, shift_mm: float = 0.0) -> np.ndarray:
+    """Rewrite the brain mask on a grid ``factor`` times finer (same space); return it."""
+    path = root / MASK
+    image = nib.load(path)
+    fine = np.asanyarray(image.dataobj)
+    for axis in range(3):
+        fine = np.repeat(fine, factor, axis=axis)
+    # fine voxel f has its centre at coarse voxel (f - 1) / factor: coarse centres hit f = 3i+1
+    scale = np.diag([1 / factor, 1 / factor, 1 / factor, 1.0])
+    scale[:3, 3] = -(factor - 1) / (2 * factor)
+    affine = image.affine @ scale
+    affine[:3, 3] += shift_mm
+    nib.save(nib.Nifti1Image(fine, affine), path)
+    return np.asanyarray(image.dataobj)
+
+
+def test_mask_on_a_finer_grid_is_resampled_only_when_asked(tmp_path):
+    write_bids_fmri(tmp_path, n_subjects=1, n_sessions=1, n_runs=1, n_train_per_run=3)
+    native = _prepare(tmp_path, zscore="none").subjects["sub-01"]
+    _upsampled_mask(tmp_path, shift_mm=0.2)
+    with pytest.raises(UserInputError) as caught:
+        _prepare(tmp_path)
+    message = str(caught.value)
+    assert "voxel size 0.833x0.833x1 vs 2.5x2.5x3 mm" in message
+    assert "mask_resample=nearest" in message and "\n" not in message
+    resampled = _prepare(tmp_path, zscore="none", mask_resample="nearest").subjects["sub-01"]
+    np.testing.assert_array_equal(resampled.voxel_ijk, native.voxel_ijk)
+    np.testing.assert_array_equal(resampled.betas, native.betas)
+    assert resampled.roi_labels.tolist() == native.roi_labels.tolist()
+
+
+def test_mask_in_another_space_is_refused_even_with_resampling(tmp_path):
+    write_bids_fmri(tmp_path, n_subjects=1, n_sessions=1, n_runs=1, n_train_per_run=3)
+    _upsampled_mask(tmp_path, shift_mm=60.0)
+    with pytest.raises(UserInputError, match=r"keeps 0% of its volume.*same space"):
+        _prepare(tmp_path, mask_resample="nearest")
+
+
+# --- sessions, splits, labels, stimuli ------------------------------------------------------------
+
+
+def test_session_limit_keeps_session_numbers(dataset, lsa_raw):
+    root, _ = dataset
+    second = _prepare(root, sessions=["ses-02"], zscore="none")
+    for subject, prepared in second.subjects.items():
+        trials = prepared.trials
+        full = lsa_raw.subjects[subject]
+        rows = (full.trials["session"] == 2).to_numpy()
+        assert set(trials["session"]) == {2}
+        assert trials["stimulus_id"].tolist() == full.trials["stimulus_id"][rows].tolist()
+        np.testing.assert_allclose(prepared.betas, full.betas[rows], atol=1e-5)
+    both = _prepare(root, sessions=["0*"], subjects=["01"], zscore="none").subjects["sub-01"]
+    np.testing.assert_array_equal(both.betas, lsa_raw.subjects["sub-01"].betas)
+
+
+def test_split_values_and_session_splits(tmp_path):
+    write_bids_fmri(tmp_path, n_subjects=1, n_sessions=2, n_runs=1, n_train_per_run=3)
+    for path in tmp_path.glob("sub-01/ses-*/func/*_events.tsv"):
+        events = pd.read_csv(path, sep="\t")
+        events["phase"] = events["split"].map({"train": "exp", "test": "holdout"})
+        events.to_csv(path, sep="\t", index=False, na_rep="n/a")
+    mapped = _prepare(
+        tmp_path, split_column="phase", split_values={"exp": "train", "holdout": "test"}
+    )
+    reference = _prepare(tmp_path)
+    assert mapped.stimulus_splits == reference.stimulus_splits
+    with pytest.raises(UserInputError, match=r"Unknown split 'exp'.*split_values"):
+        _prepare(tmp_path, split_column="phase")
+    # the shared test images are shown in both sessions: a split per session contradicts them
+    with pytest.raises(UserInputError, match=r"'stim-0000\d.png' has several split values"):
+        _prepare(tmp_path, session_splits={"01": "train", "02": "test"})
+    with pytest.raises(UserInputError, match="ses-02.*matches no session_splits pattern"):
+        _prepare(tmp_path, session_splits={"01": "train"})
+    # an exact label beats a pattern, whatever the order; two patterns that disagree are refused
+    only_second = {"sessions": ["02"], "split_column": None}
+    for splits in ({"0*": "train", "02": "test"}, {"02": "test", "0*": "train"}):
+        prepared = _prepare(tmp_path, session_splits=splits, **only_second)
+        assert set(prepared.stimulus_splits) == {"test"}
+    with pytest.raises(UserInputError, match=r"ses-02 matches session_splits patterns.*train, val"):
+        _prepare(tmp_path, session_splits={"0*": "train", "*2": "val"}, **only_second)
+
+
+def test_label_regex_names_labels_from_stimulus_names(dataset):
+    root, _ = dataset
+    prepared = _prepare(root, subjects=["01"], label_column=None, label_regex=r"stim-(\d)")
+    assert set(prepared.stimulus_labels) == {"0"}
+    with pytest.raises(
+        UserInputError, match=re.escape("label_regex 'img-([0-9]+)' does not match stimulus")
+    ):
+        _prepare(root, subjects=["01"], label_column=None, label_regex="img-([0-9]+)")
+
+
+def test_a_named_label_column_must_exist_the_default_may_not(tmp_path):
+    write_bids_fmri(tmp_path, n_subjects=1, n_sessions=1, n_runs=1, n_train_per_run=3)
+    with pytest.raises(UserInputError, match="label_column 'kind' is in no events file"):
+        _prepare(tmp_path, label_column="kind")
+    for path in [*tmp_path.rglob("*_events.tsv"), tmp_path / "stimuli" / "stimuli.tsv"]:
+        table = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False)
+        table.drop(columns="category").to_csv(path, sep="\t", index=False)
+    # every default written out, as catalog settings arrive: the default column may be absent
+    config = FMRIPipelineConfig(**FMRIPipelineConfig().model_dump())
+    assert "label_column" in config.model_fields_set
+    prepared = prepare_bids_fmri(tmp_path, config, progress=False)
+    assert prepared.stimulus_labels == [""] * 6
+
+
+def test_stimuli_dir_and_preparing_without_images(tmp_path, dataset):
+    root, _ = dataset
+    elsewhere = tmp_path / "pictures"
+    shutil.copytree(root / "stimuli", elsewhere / "nested")
+    moved = _prepare(root, subjects=["01"], stimuli_dir=str(elsewhere), zscore="none")
+    here = _prepare(root, subjects=["01"], zscore="none")
+    np.testing.assert_array_equal(moved.images, here.images)
+    assert all(elsewhere in path.parents for path in moved.source_files if path.suffix == ".png")
+    (elsewhere / "nested" / "stim-00002.png").unlink()
+    with pytest.raises(
+        UserInputError,
+        match=r"1 of 27 stimulus images are missing \(stim-00002.png, first named in sub-01",
+    ):
+        _prepare(root, subjects=["01"], stimuli_dir=str(elsewhere))
+    with pytest.raises(UserInputError, match=rf"27 of 27 .*looked below {tmp_path}/nowhere"):
+        _prepare(root, subjects=["01"], stimuli_dir=str(tmp_path / "nowhere"))
+    config = FMRIPipelineConfig(subjects=["01"], stimuli_dir=str(tmp_path / "nowhere"))
+    blind = prepare_bids_fmri(root, config, progress=False, with_images=False)
+    assert blind.images is None and blind.stimulus_ids == here.stimulus_ids
+
+
+def test_duplicate_image_names_below_stimuli_dir_are_refused(tmp_path, dataset):
+    root, _ = dataset
+    for folder in ("a", "b"):
+        shutil.copytree(root / "stimuli", tmp_path / folder)
+    with pytest.raises(UserInputError, match=r"Several images .* match stimulus 'stim-0000\d.png'"):
+        _prepare(root, subjects=["01"], stimuli_dir=str(tmp_path))
+
+
+def test_annexed_file_without_content_is_named(tmp_path):
+    write_bids_fmri(tmp_path, n_subjects=1, n_sessions=1, n_runs=1, n_train_per_run=3)
+    path = bold_path(tmp_path)
+    path.unlink()
+    path.symlink_to(tmp_path / ".git" / "annex" / "objects" / "MD5E-s1--0.nii.gz")
+    with pytest.raises(UserInputError, match=rf"{path.name} is a link to content.*datalad get"):
+        _prepare(tmp_path)
+
+
+NEW_OPTION_BAD_INPUTS = {
+    "unknown-session": ({"sessions": ["07"]}, "ses-01, ses-02"),
+    "unknown-task-in-list": ({"task": ["images", "faces"]}, "'faces'"),
+    "trial-type-column": ({"trial_types": ["image"], "trial_type_column": "kind"}, "kind"),
+    "fmriprep-missing": ({"input": "fmriprep"}, "derivatives/fmriprep"),
+    "stimuli-dir-missing": ({"stimuli_dir": "/nonexistent/images"}, "/nonexistent/images"),
+}
+
+
+@pytest.mark.parametrize("case", list(NEW_OPTION_BAD_INPUTS))
+def test_new_options_bad_input_one_line(dataset, case):
+    root, _ = dataset
+    options, named = NEW_OPTION_BAD_INPUTS[case]
+    with pytest.raises(UserInputError) as caught:
+        _prepare(root, **options)
+    message = str(caught.value)
+    assert named in message and "\n" not in message and ";" in message
+
+
+@pytest.mark.parametrize(
+    ("options", "named"),
+    [
+        ({"label_regex": "(unclosed"}, "label_regex"),
+        ({"label_regex": "no-group"}, r"one \(group\)"),
+        ({"split_values": {"exp": "training-set"}}, "'training-set'"),
+        ({"session_splits": {"01": "later"}}, "'later'"),
+        ({"sessions": []}, "sessions"),
+        ({"task": []}, "task"),
+        ({"input": "spm"}, "input"),
+        ({"mask_resample": "linear"}, "mask_resample"),
+    ],
+)
+def test_config_rejects_bad_new_options(options, named):
+    with pytest.raises(ValueError, match=named):
+        FMRIPipelineConfig(**options)
+
+
+def test_config_strips_bids_prefixes_and_keeps_old_configs_valid():
+    config = FMRIPipelineConfig(
+        task="task-images", sessions=["ses-01"], space="space-T1w", split_values={"x": "Training"}
+    )
+    assert (config.tasks, config.sessions, config.space) == (["images"], ["01"], "T1w")
+    assert config.split_values == {"x": "train"}
+    assert FMRIPipelineConfig().input == "raw" and FMRIPipelineConfig().tasks is None

@@ -10,6 +10,7 @@ from rich.console import Console
 
 from mindzoo.datasets.prepare import prepare_dataset
 from mindzoo.datasets.store import TensorStore
+from mindzoo.errors import UserInputError
 
 console = Console()
 
@@ -26,11 +27,35 @@ def summarise_store(store: TensorStore) -> dict:
     }
 
 
+def parse_labels(text: str | None, prefix: str) -> list[str] | None:
+    """``"01,sub-02"`` -> ``["01", "02"]`` (``prefix`` such as ``sub-`` dropped); ``None`` stays."""
+    if text is None:
+        return None
+    labels = [label.strip().removeprefix(prefix) for label in text.split(",") if label.strip()]
+    if not labels:
+        raise UserInputError(f"Empty list {text!r}: give labels separated by commas, e.g. 01,02")
+    return labels
+
+
 def run_prepare(
-    dataset: str, out: Path, source: Path | None, seed: int | None, sets: list[str]
+    dataset: str,
+    out: Path,
+    source: str | Path | None,
+    seed: int | None,
+    sets: list[str],
+    subjects: list[str] | None = None,
+    sessions: list[str] | None = None,
 ) -> TensorStore:
     """Prepare, print what happened and write `out/metrics.json`; returns the opened store."""
-    result = prepare_dataset(dataset, out, source=source, seed=seed, overrides=sets)
+    result = prepare_dataset(
+        dataset,
+        out,
+        source=source,
+        seed=seed,
+        overrides=sets,
+        subjects=subjects,
+        sessions=sessions,
+    )
     store = TensorStore.open(result.version_dir)
     what = "cache hit" if result.cache_hit else "prepared"
     console.print(
@@ -56,10 +81,30 @@ def register(app: typer.Typer) -> None:
     @app.command()
     def prepare(
         dataset: str = typer.Argument(..., help="Catalog name (see `braindecode-cli datasets`)."),
-        source: Path | None = typer.Option(None, help="Data location overriding the catalog's."),
+        source: str | None = typer.Option(
+            None,
+            help="Data location overriding the catalog's: a directory, a DataLad dataset, or a "
+            "DataLad/RIA URL.",
+        ),
         out: Path = typer.Option(Path("stores/default"), help="Store directory (`--store` later)."),
+        subjects: str | None = typer.Option(
+            None, help="Only these subjects, comma separated (01,02); the rest is not fetched."
+        ),
+        sessions: str | None = typer.Option(
+            None,
+            help="Only these sessions, comma separated (01,02; patterns such as perceptionTest*);"
+            " the rest is not fetched.",
+        ),
         seed: int | None = typer.Option(None, help="Seed of a synthetic dataset's simulator."),
         sets: list[str] = typer.Option([], "--set", help="Override a setting: KEY=VALUE."),
     ) -> None:
         """Prepare DATASET into a tensor store (cached: same settings, no rewrite)."""
-        run_prepare(dataset, out, source, seed, sets)
+        run_prepare(
+            dataset,
+            out,
+            source,
+            seed,
+            sets,
+            subjects=parse_labels(subjects, "sub-"),
+            sessions=parse_labels(sessions, "ses-"),
+        )

@@ -1,4 +1,10 @@
-"""`prepare`: dataset spec + source -> pipeline -> a new (or cached) tensor store version."""
+"""`prepare`: dataset spec + source -> pipeline -> a new (or cached) tensor store version.
+
+Sources: the synthetic simulator, a local directory, a DataLad dataset (cloned into
+``STORE/raw`` and fetched selectively, see :mod:`mindzoo.datasets.datalad_source`) or a local
+NSD mirror. The config hash covers the settings and the source's identity (a local tree's
+fingerprint, a DataLad commit), so a cache hit needs no download and no pipeline run.
+"""
 
 from __future__ import annotations
 
@@ -7,19 +13,25 @@ import os
 import shutil
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from mindzoo import __version__
 from mindzoo.config import config_hash
+from mindzoo.datasets import datalad_source
 from mindzoo.datasets.catalog import DatasetSpec, get_dataset, resolve_settings
 from mindzoo.datasets.store import SCHEMA_VERSION, StoreWriter, find_version, set_current
 from mindzoo.errors import UserInputError
 
+if TYPE_CHECKING:
+    from mindzoo.pipelines.fmri import PreparedFMRI
+
 PIPELINE_VERSION = "fmri-1"
+NSD_PIPELINE_VERSION = "nsd-1"
 
 
 @dataclass
@@ -39,11 +51,26 @@ def fingerprint_tree(root: Path) -> str:
         dirnames[:] = sorted(d for d in dirnames if d not in {".git", ".datalad"})
         for name in sorted(filenames):
             path = Path(dirpath) / name
-            stat = path.stat()
+            # a link to content not fetched (git-annex) is identified by the link itself
+            stat = path.stat() if path.exists() else path.lstat()
             digest.update(
                 f"{path.relative_to(root)}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode()
             )
     return digest.hexdigest()
+
+
+@dataclass
+class _Source:
+    """Where a prepare's raw data comes from.
+
+    ``identity`` enters the config hash (so other data is another version); ``provenance`` is
+    recorded in the manifest; ``materialise()`` makes the data readable (simulating, fetching)
+    and returns the directory the pipeline reads. It runs only on a cache miss.
+    """
+
+    identity: dict[str, Any]
+    provenance: dict[str, Any]
+    materialise: Callable[[], Path]
 
 
 def _simulated_source(
@@ -67,30 +94,97 @@ def _simulated_source(
     return target
 
 
-def _local_source(spec: DatasetSpec, source: Path | None) -> Path:
-    location = source or (Path(spec.location) if spec.location else None)
+def _resolve_source(
+    spec: DatasetSpec,
+    source: str | Path | None,
+    settings: dict[str, Any],
+    out: Path,
+    progress: bool,
+) -> _Source:
+    """The source of ``spec`` (or ``source``, which overrides the catalog's location)."""
+    if spec.source == "synthetic":
+        if source is not None:
+            raise UserInputError(
+                f"Dataset {spec.name} is generated; drop --source or use bids-fmri"
+            )
+        return _Source(
+            {"kind": "synthetic"},
+            {"kind": "synthetic"},
+            lambda: _simulated_source(spec, settings["simulator"], out, progress),
+        )
+    location = str(source) if source is not None else spec.location
     if location is None:
         raise UserInputError(
-            f"Dataset {spec.name} reads a directory on disk; pass it with --source PATH"
+            f"Dataset {spec.name} has no default location; pass a directory, DataLad dataset or "
+            "URL with --source"
         )
-    if not Path(location).is_dir():
+    if spec.source != "nsd-mirror" and (
+        datalad_source.is_remote(location)
+        or datalad_source.is_dataset_directory(datalad_source.local_path(location))
+    ):
+        return _datalad(spec, location, settings, out, progress)
+    path = datalad_source.local_path(location)
+    if not path.is_dir():
         raise UserInputError(f"Source directory {location} does not exist; check --source")
-    return Path(location).resolve()
+    path = path.resolve()
+    identity = {"kind": "local", "path": str(path), "tree": fingerprint_tree(path)}
+    return _Source(identity, identity, lambda: path)
+
+
+def _datalad(
+    spec: DatasetSpec, location: str, settings: dict[str, Any], out: Path, progress: bool
+) -> _Source:
+    """A DataLad dataset cloned into ``out/raw``; its content is fetched on a cache miss."""
+    clone = datalad_source.clone_dataset(location, out, spec.name)
+    provenance: dict[str, Any] = {
+        "kind": "datalad",
+        "url": clone.location,
+        "commit": clone.commit,
+        "clone": str(clone.path),
+    }
+
+    def materialise() -> Path:
+        from mindzoo.pipelines.fmri import FMRIPipelineConfig, input_files
+
+        files = datalad_source.list_files(clone.path)
+        folders = datalad_source.folders_in_settings(settings["pipeline"], files)
+        metadata = datalad_source.metadata_files(files, folders)
+        fetched = datalad_source.fetch(clone, metadata, progress)
+        # The pipeline itself says what it will read (and refuses unknown subjects, sessions
+        # or tasks, listing the ones there are) from the metadata alone.
+        needed = input_files(
+            clone.path,
+            FMRIPipelineConfig(**settings["pipeline"]),
+            with_images=bool(settings["features"]),
+        )
+        selected = datalad_source.relative_files(clone.path, needed)
+        fetched += datalad_source.fetch(clone, selected, progress)
+        provenance["n_files_fetched"] = fetched
+        return clone.path
+
+    # The commit, not the URL, identifies the data: a mirror and a local copy at the same
+    # commit are the same version; a new commit is a new one.
+    return _Source({"kind": "datalad", "commit": clone.commit}, provenance, materialise)
 
 
 def prepare_dataset(
     name: str,
     out: Path,
-    source: Path | None = None,
+    source: str | Path | None = None,
     seed: int | None = None,
     overrides: list[str] | None = None,
     progress: bool = True,
+    subjects: list[str] | None = None,
+    sessions: list[str] | None = None,
 ) -> PrepareResult:
     """Prepare catalog dataset `name` into the store directory `out`.
 
-    The same dataset, source and settings give the same config hash: a cache hit that writes
-    nothing. Anything else builds a new version beside the existing ones. On failure nothing
-    half-written stays behind (a store directory this call created is removed).
+    ``source`` (a directory, a DataLad dataset or URL) overrides the catalog's location;
+    ``subjects``/``sessions`` limit what is fetched and prepared. The same dataset, source data
+    and settings give the same config hash: a cache hit that writes nothing. Anything else
+    builds a new version beside the existing ones. On failure nothing half-written stays
+    behind: a store directory this call created is removed, except a DataLad clone inside it
+    (downloads are expensive and resume where they stopped).
     """
     start = time.perf_counter()
     spec = get_dataset(name)
@@ -98,62 +192,97 @@ def prepare_dataset(
         raise UserInputError(
             f"Dataset {name} ({spec.modality}) has no pipeline in this version yet"
         )
-    settings = resolve_settings(spec, overrides or [], seed)
+    settings = resolve_settings(spec, overrides or [], seed, subjects, sessions)
     out = Path(out)
-    if spec.source == "synthetic":
-        if source is not None:
-            raise UserInputError(f"Dataset {name} is generated; drop --source or use bids-fmri")
-        source_id: dict[str, Any] = {"kind": "synthetic"}
-    else:
-        source_path = _local_source(spec, source)
-        source_id = {
-            "kind": "local",
-            "path": str(source_path),
-            "tree": fingerprint_tree(source_path),
-        }
-    key = config_hash(
-        {
-            "schema": SCHEMA_VERSION,
-            "dataset": name,
-            "pipeline": PIPELINE_VERSION,
-            "settings": settings,
-            "source": source_id,
-        }
-    )
-    cached = find_version(out, key)
-    if cached is not None:
-        set_current(out, cached)
-        return PrepareResult(cached, True, time.perf_counter() - start, key)
-
     created = not out.exists()
     try:
-        if spec.source == "synthetic":
-            root = _simulated_source(spec, settings["simulator"], out, progress)
-        else:
-            root = source_path
-        version = _build_version(spec, root, settings, source_id, key, out, progress)
+        raw = _resolve_source(spec, source, settings, out, progress)
+        outside = _outside_folders(settings["pipeline"])
+        key = config_hash(
+            {
+                "schema": SCHEMA_VERSION,
+                "dataset": name,
+                "pipeline": _pipeline_version(spec),
+                "settings": settings,
+                "source": raw.identity,
+                "folders": {folder: fingerprint_tree(Path(folder)) for folder in outside},
+            }
+        )
+        cached = find_version(out, key)
+        if cached is not None:
+            set_current(out, cached)
+            return PrepareResult(cached, True, time.perf_counter() - start, key)
+        root = raw.materialise()
+        version = _build_version(spec, root, settings, raw.provenance, key, out, progress)
     except BaseException:
         if created:
-            shutil.rmtree(out, ignore_errors=True)
+            _remove_all_but_clones(out)
         raise
     return PrepareResult(version, False, time.perf_counter() - start, key)
+
+
+def _outside_folders(pipeline: dict[str, Any]) -> list[str]:
+    """Absolute folders the settings name (``stimuli_dir``, ``derivatives_dir`` ...): data that
+    lives outside the source, so their fingerprints enter the config hash too."""
+    folders = set()
+    for value in datalad_source.setting_values(pipeline):
+        if isinstance(value, str) and value.startswith(("/", "~")):
+            path = Path(value).expanduser()
+            if path.is_dir():
+                folders.add(str(path.resolve()))
+    return sorted(folders)
+
+
+def _pipeline_version(spec: DatasetSpec) -> str:
+    return NSD_PIPELINE_VERSION if spec.source == "nsd-mirror" else PIPELINE_VERSION
+
+
+def _remove_all_but_clones(out: Path) -> None:
+    """Remove a store directory a failed prepare created, keeping DataLad clones in its cache."""
+    cache = out / datalad_source.CACHE_DIR
+    clones = [p for p in cache.iterdir() if (p / ".git").exists()] if cache.is_dir() else []
+    if not clones:
+        datalad_source.remove_tree(out)
+        return
+    keep = {cache, *clones}
+    for path in [*out.iterdir(), *cache.iterdir()]:
+        if path in keep:
+            continue
+        if path.is_dir():
+            datalad_source.remove_tree(path)
+        else:
+            path.unlink()
+
+
+def _run_pipeline(
+    spec: DatasetSpec, root: Path, settings: dict[str, Any], progress: bool
+) -> PreparedFMRI:
+    if spec.source == "nsd-mirror":
+        from mindzoo.pipelines.nsd import NSDConfig, prepare_nsd_mirror
+
+        return prepare_nsd_mirror(root, NSDConfig(**settings["pipeline"]), progress=progress)
+    from mindzoo.pipelines.fmri import FMRIPipelineConfig, prepare_bids_fmri
+
+    return prepare_bids_fmri(
+        root,
+        FMRIPipelineConfig(**settings["pipeline"]),
+        progress=progress,
+        with_images=bool(settings["features"]),
+    )
 
 
 def _build_version(
     spec: DatasetSpec,
     root: Path,
     settings: dict[str, Any],
-    source_id: dict[str, Any],
+    provenance: dict[str, Any],
     key: str,
     out: Path,
     progress: bool,
 ) -> Path:
     from mindzoo.features import compute_features
-    from mindzoo.pipelines.fmri import FMRIPipelineConfig, prepare_bids_fmri
 
-    prepared = prepare_bids_fmri(
-        root, FMRIPipelineConfig(**settings["pipeline"]), progress=progress
-    )
+    prepared = _run_pipeline(spec, root, settings, progress)
     with StoreWriter(out, key) as writer:
         writer.write_stimuli(
             prepared.images,
@@ -195,11 +324,14 @@ def _build_version(
                 "dataset": spec.name,
                 "modality": spec.modality,
                 "source": {
-                    **source_id,
+                    **provenance,
                     "root": str(root),
                     "n_files_read": len(prepared.source_files),
                 },
-                "pipeline": {"name": "fmri", "version": PIPELINE_VERSION},
+                "pipeline": {
+                    "name": "nsd-mirror" if spec.source == "nsd-mirror" else "fmri",
+                    "version": _pipeline_version(spec),
+                },
                 "config": settings,
                 "subjects": sorted(prepared.subjects),
                 "mindzoo_version": __version__,

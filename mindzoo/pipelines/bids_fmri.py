@@ -3,11 +3,18 @@
 Only what the pipeline needs of BIDS is implemented here, without pybids (indexing a large
 dataset with pybids costs more than preparing a small one):
 
-- entities are parsed from file names (``sub-01_ses-01_task-x_run-01_bold.nii.gz``);
-- runs are found under ``sub-*/func`` and ``sub-*/ses-*/func``, sessions optional;
+- entities are parsed from file names (``sub-01_ses-02_task-x_run-01_bold.nii.gz``); a run
+  label is an index, so ``run-1`` and ``run-01`` name the same run;
+- raw runs are found under ``sub-*/func`` and ``sub-*/ses-*/func``, sessions and the run
+  entity optional, ``.nii`` or ``.nii.gz``;
+- fMRIPrep runs are found under its derivatives folder by fMRIPrep's names
+  (``*_space-<space>[_res-<res>]_desc-preproc_bold.nii.gz`` since fMRIPrep 1.2, and the older
+  ``*_bold_space-<space>_preproc.nii.gz``), with the brain mask and confounds TSV beside them;
+  events and sidecars still come from the raw dataset;
 - JSON sidecars follow the inheritance principle: every ``*_bold.json`` from the dataset root
   down to the run's folder whose entities are a subset of the run's applies, the more specific
-  overriding the more general;
+  overriding the more general (dataset < subject < session < run); an fMRIPrep run's own
+  sidecar overrides them all;
 - an events file may be inherited the same way; the most specific one wins.
 
 Every problem with the input raises :class:`~mindzoo.errors.UserInputError` with one line that
@@ -18,10 +25,13 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from dataclasses import dataclass, field
+from fnmatch import fnmatchcase
 from pathlib import Path
 
 import nibabel as nib
+import numpy as np
 import pandas as pd
 
 from mindzoo.errors import UserInputError
@@ -30,11 +40,17 @@ BOLD_EXTENSIONS = (".nii.gz", ".nii")
 # Entities that name a derivative's space or description but not the acquisition: a
 # confounds file beside a preprocessed bold drops them (fMRIPrep's naming).
 _DERIVATIVE_ENTITIES = ("space", "res", "den", "desc")
+# Confounds names beside a run, newest first: fMRIPrep >= 20.2, then 1.2-20.1.
+_CONFOUNDS_SUFFIXES = ("_desc-confounds_timeseries.tsv", "_desc-confounds_regressors.tsv")
+# fMRIPrep < 1.2 names (BOLD5000's derivatives): <prefix>_bold_space-<space>_preproc.nii.gz.
+_LEGACY_BOLD = "_bold_space-"
 # Tolerance between the sidecar RepetitionTime and the header pixdim[4], in seconds: headers
 # store float32, so 1.6 s reads back as 1.60000002.
 _TR_TOLERANCE_S = 1e-3
 # Tolerance between mask and bold affines, in mm: sform/qform round-trips differ by ~1e-6.
 _AFFINE_TOLERANCE_MM = 1e-3
+# How many names an error message lists before "...".
+_SHOWN_NAMES = 3
 
 
 def parse_entities(filename: str) -> tuple[dict[str, str], str]:
@@ -55,6 +71,30 @@ def parse_entities(filename: str) -> tuple[dict[str, str], str]:
     return entities, suffix
 
 
+def entities_apply(candidate: dict[str, str], entities: dict[str, str]) -> bool:
+    """Whether a file with ``candidate`` entities applies to a run with ``entities``.
+
+    Every candidate entity must be present with the same value; run labels compare as
+    numbers (``run-1`` is ``run-01``), as BIDS defines them as indices.
+    """
+    for key, value in candidate.items():
+        other = entities.get(key)
+        if other is None:
+            return False
+        if key == "run" and value.isdigit() and other.isdigit():
+            if int(value) != int(other):
+                return False
+        elif value != other:
+            return False
+    return True
+
+
+def list_names(names: list[str]) -> str:
+    """``"a, b, c, ... (12 in all)"``: the first few names for a one-line message."""
+    shown = ", ".join(names[:_SHOWN_NAMES])
+    return shown if len(names) <= _SHOWN_NAMES else f"{shown}, ... ({len(names)} in all)"
+
+
 def _strip_bold_extension(name: str) -> str | None:
     for ext in BOLD_EXTENSIONS:
         if name.endswith(ext):
@@ -68,7 +108,9 @@ class BoldRun:
 
     ``metadata`` is the merged sidecar (inherited, the most specific file winning);
     ``metadata_sources`` names the JSON file each key came from; ``events_path`` is ``None``
-    when no events file applies to the run.
+    when no events file applies to the run. ``brain_mask`` is the run's own mask (fMRIPrep's,
+    on the bold grid) or ``None``; ``confounds_candidates`` are where a confounds TSV may sit,
+    preferred name first.
     """
 
     bold_path: Path
@@ -76,6 +118,8 @@ class BoldRun:
     metadata: dict = field(repr=False)
     metadata_sources: dict[str, Path] = field(repr=False)
     events_path: Path | None
+    brain_mask: Path | None = None
+    confounds_candidates: tuple[Path, ...] = field(default=(), repr=False)
 
     @property
     def sidecar_paths(self) -> list[Path]:
@@ -99,38 +143,45 @@ class BoldRun:
         return self.bold_path.name
 
     def confounds_path(self) -> Path:
-        """Where a ``desc-confounds_timeseries.tsv`` for this run lives (fMRIPrep naming)."""
-        prefix = "_".join(
-            f"{key}-{value}"
-            for key, value in self.entities.items()
-            if key not in _DERIVATIVE_ENTITIES
-        )
-        return self.bold_path.parent / f"{prefix}_desc-confounds_timeseries.tsv"
+        """The confounds TSV of this run: the first candidate that exists, else the preferred."""
+        for path in self.confounds_candidates:
+            if os.path.lexists(path):
+                return path
+        return self.confounds_candidates[0]
+
+
+def acquisition_entities(entities: dict[str, str]) -> dict[str, str]:
+    """``entities`` without the derivative-only ones (space, res, den, desc), in order."""
+    return {key: value for key, value in entities.items() if key not in _DERIVATIVE_ENTITIES}
+
+
+def _entity_prefix(entities: dict[str, str]) -> str:
+    return "_".join(f"{key}-{value}" for key, value in acquisition_entities(entities).items())
 
 
 def find_bold_runs(root: Path) -> list[BoldRun]:
-    """Every ``*_bold.nii[.gz]`` under ``root/sub-*/[ses-*/]func``, sorted by path."""
+    """Every raw ``*_bold.nii[.gz]`` under ``root/sub-*/[ses-*/]func``, sorted by path."""
     if not root.is_dir():
         raise UserInputError(f"BIDS root {root} is not a directory; pass the dataset folder")
-    candidates = [*root.glob("sub-*/func/*_bold.nii*"), *root.glob("sub-*/ses-*/func/*_bold.nii*")]
     listings: dict[Path, list[Path]] = {}
     runs = []
-    for path in sorted(candidates):
-        if _strip_bold_extension(path.name) is None:
+    for path in _func_files(root):
+        stem = _strip_bold_extension(path.name)
+        entities, suffix = parse_entities(path.name)
+        if stem is None or suffix != "bold" or "sub" not in entities:
             continue
-        entities, _ = parse_entities(path.name)
-        if "sub" not in entities:
-            continue
-        sidecars = inherited_files(root, path, entities, "bold", ".json", listings)
-        events = inherited_files(root, path, entities, "events", ".tsv", listings)
+        folder = path.parent
+        sidecars = inherited_files(root, folder, entities, "bold", ".json", listings)
         metadata, sources = _merge_sidecars(sidecars)
+        prefix = _entity_prefix(entities)
         runs.append(
             BoldRun(
                 bold_path=path,
                 entities=entities,
                 metadata=metadata,
                 metadata_sources=sources,
-                events_path=events[-1] if events else None,
+                events_path=_events_file(root, folder, entities, listings),
+                confounds_candidates=tuple(folder / f"{prefix}{s}" for s in _CONFOUNDS_SUFFIXES),
             )
         )
     if not runs:
@@ -141,33 +192,144 @@ def find_bold_runs(root: Path) -> list[BoldRun]:
     return runs
 
 
+def _func_files(root: Path) -> list[Path]:
+    """Entries of ``sub-*/func`` and ``sub-*/ses-*/func`` (annexed links included), sorted."""
+    return sorted([*root.glob("sub-*/func/*"), *root.glob("sub-*/ses-*/func/*")])
+
+
+def _events_file(
+    root: Path, folder: Path, entities: dict[str, str], listings: dict[Path, list[Path]]
+) -> Path | None:
+    found = inherited_files(
+        root, folder, acquisition_entities(entities), "events", ".tsv", listings
+    )
+    return found[-1] if found else None
+
+
+def find_fmriprep_runs(derivatives: Path, raw_root: Path, space: str) -> list[BoldRun]:
+    """fMRIPrep's preprocessed bold runs in ``space`` under ``derivatives``, sorted by path.
+
+    ``space`` is a template or ``T1w``, optionally with a resolution as fMRIPrep writes it on
+    its command line (``MNI152NLin2009cAsym:res-2``). Events and inherited sidecars come from
+    ``raw_root`` (the matching ``sub-*/[ses-*/]func`` folder there).
+    """
+    if not derivatives.is_dir():
+        raise UserInputError(
+            f"fMRIPrep folder {derivatives} does not exist; run fMRIPrep on the dataset or set "
+            "derivatives_dir to where its output is"
+        )
+    space_label, _, resolution = space.partition(":")
+    resolution = resolution.removeprefix("res-")
+    by_run: dict[str, list[tuple[Path, dict[str, str], bool]]] = {}
+    spaces_seen: set[str] = set()
+    for path in _func_files(derivatives):
+        found = _fmriprep_bold_entities(path.name)
+        if found is None:
+            continue
+        entities, legacy = found
+        spaces_seen.add(
+            entities["space"] + (f":res-{entities['res']}" if "res" in entities else "")
+        )
+        if entities["space"] != space_label or resolution and entities.get("res") != resolution:
+            continue
+        by_run.setdefault(_entity_prefix(entities), []).append((path, entities, legacy))
+    if not by_run:
+        raise UserInputError(
+            f"No fMRIPrep bold (*_space-{space_label}_desc-preproc_bold.nii[.gz]) under "
+            f"{derivatives}; spaces found: {', '.join(sorted(spaces_seen)) or 'none'}; "
+            "set space to one of them"
+        )
+    listings: dict[Path, list[Path]] = {}
+    runs = []
+    for prefix, matches in sorted(by_run.items(), key=lambda item: item[1][0][0]):
+        if len(matches) > 1:
+            raise UserInputError(
+                f"Several fMRIPrep bold files for {prefix} in space {space_label} "
+                f"({list_names([m[0].name for m in matches])}); name the resolution, e.g. "
+                f"space={space_label}:res-2"
+            )
+        path, entities, legacy = matches[0]
+        runs.append(_fmriprep_run(path, entities, legacy, prefix, derivatives, raw_root, listings))
+    return runs
+
+
+def _fmriprep_bold_entities(name: str) -> tuple[dict[str, str], bool] | None:
+    """Entities of an fMRIPrep preprocessed-bold file name and whether it is the old naming."""
+    if _strip_bold_extension(name) is None:
+        return None
+    entities, suffix = parse_entities(name)
+    if "sub" not in entities or "space" not in entities:
+        return None
+    if suffix == "bold" and entities.get("desc") == "preproc":
+        return entities, False
+    if suffix == "preproc" and _LEGACY_BOLD in name:
+        return entities, True
+    return None
+
+
+def _fmriprep_run(
+    path: Path,
+    entities: dict[str, str],
+    legacy: bool,
+    prefix: str,
+    derivatives: Path,
+    raw_root: Path,
+    listings: dict[Path, list[Path]],
+) -> BoldRun:
+    """A BoldRun for one fMRIPrep bold: raw events and sidecars, fMRIPrep mask and confounds."""
+    raw_folder = raw_root / path.parent.relative_to(derivatives)
+    run_entities = acquisition_entities(entities)
+    sidecars = inherited_files(raw_root, raw_folder, run_entities, "bold", ".json", listings)
+    own_sidecar = path.with_name(_strip_bold_extension(path.name) + ".json")
+    if own_sidecar.is_file():
+        sidecars.append(own_sidecar)
+    metadata, sources = _merge_sidecars(sidecars)
+    if legacy:
+        mask_names = [path.name.replace("_preproc.nii", "_brainmask.nii")]
+        confounds = (path.parent / f"{prefix}_bold_confounds.tsv",)
+    else:
+        mask_name = path.name.replace("_desc-preproc_bold.nii", "_desc-brain_mask.nii")
+        mask_names = [mask_name, mask_name.replace(".nii.gz", ".nii")]
+        confounds = tuple(path.parent / f"{prefix}{s}" for s in _CONFOUNDS_SUFFIXES)
+    masks = [path.parent / name for name in mask_names if os.path.lexists(path.parent / name)]
+    return BoldRun(
+        bold_path=path,
+        entities=entities,
+        metadata=metadata,
+        metadata_sources=sources,
+        events_path=_events_file(raw_root, raw_folder, entities, listings),
+        brain_mask=masks[0] if masks else None,
+        confounds_candidates=confounds,
+    )
+
+
 def inherited_files(
     root: Path,
-    target: Path,
+    folder: Path,
     entities: dict[str, str],
     suffix: str,
     extension: str,
     listings: dict[Path, list[Path]] | None = None,
 ) -> list[Path]:
-    """Files of ``suffix``+``extension`` that apply to ``target`` by BIDS inheritance.
+    """Files of ``suffix``+``extension`` that apply, by BIDS inheritance, to a file in ``folder``.
 
-    Searched from ``root`` down to ``target``'s folder; a file applies when its entities are a
-    subset of ``entities``. Returned general first (shallower, then fewer entities).
-    ``listings`` caches folder contents across calls (one listing per folder per dataset scan).
+    Searched from ``root`` down to ``folder`` (missing folders are skipped); a file applies when
+    its entities are a subset of ``entities``. Returned general first (shallower, then fewer
+    entities). ``listings`` caches folder contents across calls (one listing per folder).
     """
     listings = {} if listings is None else listings
-    folders = [root, *_folders_between(root, target.parent)]
+    folders = [root, *_folders_between(root, folder)]
     found = []
-    for depth, folder in enumerate(folders):
-        if folder not in listings:
-            listings[folder] = sorted(p for p in folder.iterdir() if p.is_file())
-        for path in listings[folder]:
+    for depth, current in enumerate(folders):
+        if current not in listings:
+            listings[current] = (
+                sorted(p for p in current.iterdir() if p.is_file()) if current.is_dir() else []
+            )
+        for path in listings[current]:
             if not path.name.endswith(extension):
                 continue
             candidate, candidate_suffix = parse_entities(path.name)
-            if candidate_suffix != suffix:
-                continue
-            if all(entities.get(key) == value for key, value in candidate.items()):
+            if candidate_suffix == suffix and entities_apply(candidate, entities):
                 found.append((depth, len(candidate), path))
     return [path for _, _, path in sorted(found)]
 
@@ -195,25 +357,28 @@ def _merge_sidecars(paths: list[Path]) -> tuple[dict, dict[str, Path]]:
     return merged, sources
 
 
-def select_task(runs: list[BoldRun], task: str | None) -> str:
-    """The task to prepare: ``task`` if present, else the only task in the dataset."""
-    tasks = sorted({run.task for run in runs if run.task is not None})
-    if task is None:
-        if len(tasks) == 1:
-            return tasks[0]
-        if not tasks:
+def select_tasks(runs: list[BoldRun], tasks: list[str] | None) -> list[str]:
+    """The tasks to prepare: ``tasks`` if all present, else the only task in the dataset."""
+    available = sorted({run.task for run in runs if run.task is not None})
+    if tasks is None:
+        if len(available) == 1:
+            return available
+        if not available:
             raise UserInputError(
                 f"No task entity in the bold file names (e.g. {runs[0].name}); "
                 "name runs like sub-01_task-NAME_bold.nii.gz"
             )
         raise UserInputError(
-            f"The dataset has several tasks ({', '.join(tasks)}); choose one with task=NAME"
+            f"The dataset has several tasks ({', '.join(available)}); choose one with task=NAME "
+            "(or several with task=[A,B])"
         )
-    if task not in tasks:
+    unknown = [task for task in tasks if task not in available]
+    if unknown:
         raise UserInputError(
-            f"Unknown task {task!r}; the dataset has: {', '.join(tasks) or 'no task entity'}"
+            f"Unknown task {unknown[0]!r}; the dataset has: "
+            f"{', '.join(available) or 'no task entity'}"
         )
-    return task
+    return list(dict.fromkeys(tasks))
 
 
 def select_subjects(runs: list[BoldRun], subjects: list[str] | None) -> list[str]:
@@ -230,6 +395,33 @@ def select_subjects(runs: list[BoldRun], subjects: list[str] | None) -> list[str
     return list(dict.fromkeys(subjects))
 
 
+def select_sessions(runs: list[BoldRun], sessions: list[str] | None) -> list[BoldRun]:
+    """The runs whose session label matches one of ``sessions`` (labels or glob patterns).
+
+    ``None`` keeps every run. A pattern that matches no session, or a dataset without
+    sessions, is an error that lists the sessions there are.
+    """
+    if sessions is None:
+        return runs
+    available = sorted({run.session for run in runs if run.session is not None})
+    if not available:
+        raise UserInputError(
+            f"sessions={sessions} but the runs have no ses- entity (e.g. {runs[0].name}); "
+            "drop the sessions limit"
+        )
+    unmatched = [p for p in sessions if not any(fnmatchcase(s, p) for s in available)]
+    if unmatched:
+        raise UserInputError(
+            f"No session matches {unmatched[0]!r}; the chosen runs have sessions: "
+            f"{list_names(['ses-' + s for s in available])}"
+        )
+    return [
+        run
+        for run in runs
+        if run.session is not None and any(fnmatchcase(run.session, p) for p in sessions)
+    ]
+
+
 def read_events(
     run: BoldRun, required: list[str], fix: str = "add them to the events file"
 ) -> pd.DataFrame:
@@ -239,9 +431,10 @@ def read_events(
     ``fix`` ends the message when a ``required`` column is missing.
     """
     if run.events_path is None:
-        expected = run.name.split("_bold.nii")[0] + "_events.tsv"
+        expected = _entity_prefix(run.entities) + "_events.tsv"
         raise UserInputError(
-            f"No events file for {run.name} (expected {expected} beside it); add the events"
+            f"No events file for {run.name} (expected {expected} in the raw dataset's func "
+            "folder or inherited from above it); add the events"
         )
     path = run.events_path
     events = pd.read_csv(path, sep="\t", dtype=str, na_values=["n/a", ""], keep_default_na=False)
@@ -262,6 +455,15 @@ def read_events(
             )
         events[column] = values.astype(float)
     return events
+
+
+def require_content(path: Path) -> None:
+    """Refuse a file whose content is absent: a dangling link (an annexed file not fetched)."""
+    if os.path.lexists(path) and not path.exists():
+        raise UserInputError(
+            f"{path} is a link to content that is not on disk (an annexed file not fetched?); "
+            f"run `datalad get {path}` or prepare through the catalog, which fetches it"
+        )
 
 
 def check_bold_header(run: BoldRun, img: nib.Nifti1Image) -> float:
@@ -307,6 +509,38 @@ def _header_tr_seconds(img: nib.Nifti1Image) -> float | None:
     return {"msec": tr / 1000.0, "usec": tr / 1e6}.get(time_unit, tr)
 
 
+def grid_difference(reference: nib.Nifti1Image, other: nib.Nifti1Image) -> str | None:
+    """How ``other``'s voxel grid differs from ``reference``'s, in words; ``None`` if the same.
+
+    Grids are the same when the shapes (first 3 axes) match and the affines agree within
+    ``_AFFINE_TOLERANCE_MM``.
+    """
+    reference_shape, other_shape = tuple(reference.shape[:3]), tuple(other.shape[:3])
+    offset = float(abs(reference.affine - other.affine).max())
+    if reference_shape == other_shape and offset <= _AFFINE_TOLERANCE_MM:
+        return None
+    parts = []
+    if reference_shape != other_shape:
+        parts.append(f"shape {other_shape} vs {reference_shape}")
+    zooms = _voxel_sizes(other.affine), _voxel_sizes(reference.affine)
+    if not np.allclose(*zooms, atol=_AFFINE_TOLERANCE_MM):
+        parts.append(f"voxel size {_mm(zooms[0])} vs {_mm(zooms[1])} mm")
+    shift = float(np.linalg.norm(other.affine[:3, 3] - reference.affine[:3, 3]))
+    if shift > _AFFINE_TOLERANCE_MM:
+        parts.append(f"origin {shift:.3g} mm apart")
+    if not parts:
+        parts.append(f"affines differ by up to {offset:.3g}")
+    return ", ".join(parts)
+
+
+def _voxel_sizes(affine: np.ndarray) -> np.ndarray:
+    return np.sqrt((affine[:3, :3] ** 2).sum(axis=0))
+
+
+def _mm(sizes: np.ndarray) -> str:
+    return "x".join(f"{size:.3g}" for size in sizes)
+
+
 def check_same_grid(
     reference: nib.Nifti1Image,
     reference_name: str,
@@ -314,21 +548,11 @@ def check_same_grid(
     other_name: str,
     fix: str = "resample the mask to the bold grid",
 ) -> None:
-    """Refuse a mask or run whose voxel grid (shape, affine) differs from the reference grid.
-
-    Masks are refused rather than resampled: nearest-neighbour resampling of an ROI silently
-    changes which voxels a decoder sees, so the user should do it knowingly.
-    """
-    if tuple(reference.shape[:3]) != tuple(other.shape[:3]):
+    """Refuse a mask or run whose voxel grid (shape, affine) differs from the reference grid."""
+    difference = grid_difference(reference, other)
+    if difference is not None:
         raise UserInputError(
-            f"{other_name} has grid shape {tuple(other.shape[:3])} but {reference_name} has "
-            f"{tuple(reference.shape[:3])}; {fix}"
-        )
-    offset = float(abs(reference.affine - other.affine).max())
-    if offset > _AFFINE_TOLERANCE_MM:
-        raise UserInputError(
-            f"{other_name} has a different affine than {reference_name} (entries differ by up "
-            f"to {offset:g}); {fix}"
+            f"{other_name} is on a different voxel grid than {reference_name} ({difference}); {fix}"
         )
 
 
@@ -351,7 +575,7 @@ def find_subject_masks(mask_root: Path, subject: str) -> MaskFiles:
     if not subject_dir.is_dir():
         raise UserInputError(
             f"No mask folder {subject_dir}; add the brain mask/dseg there, set roi_mask to the "
-            "folder that holds them, or roi_mask=null to compute an EPI mask"
+            "folder that holds them, or roi_mask=null (fMRIPrep's brain masks, else an EPI mask)"
         )
     brain = _one_nifti(subject_dir, "*_desc-brain_mask.nii*")
     dseg = _one_nifti(subject_dir, "*_dseg.nii*")

@@ -1,8 +1,8 @@
 """fMRI pipeline: BIDS bold runs + events -> z-scored single-trial betas per subject.
 
-For each run: load the bold series, keep the voxels of the signal ROI (``dseg > 0`` inside the
-brain mask), build a design of one HRF-convolved regressor per trial plus a cosine drift basis,
-an intercept and optional confounds, and fit every voxel at once by least squares:
+For each run: load the bold series, keep the voxels of the signal ROI, build a design of one
+HRF-convolved regressor per trial plus a cosine drift basis, an intercept and optional
+confounds, and fit every voxel at once by least squares:
 
 - ``lsa`` (least-squares-all): one GLM with all trial regressors;
 - ``lss`` (least-squares-separate, Mumford et al. 2012): per trial a GLM with that trial and
@@ -14,15 +14,25 @@ all runs, each session's betas are z-scored per voxel with the mean and standard
 that session's training trials (all of its trials when it has none), so test data never sets
 the normalisation where it can be avoided. Betas keep the data's units before z-scoring.
 
+Inputs: the raw ``*_bold.nii[.gz]`` of a BIDS dataset (``input=raw``) or fMRIPrep's
+preprocessed bold in one output space (``input=fmriprep``; events still come from the raw
+dataset). The signal ROI is the intersection of fMRIPrep's per-run brain masks (when there are
+any) and of the ``roi_mask`` folder's brain mask and ``dseg > 0``; with neither, nilearn's EPI
+mask of the subject's first run. Every run of a subject must lie on one voxel grid; a mask on
+another grid is refused unless ``mask_resample=nearest``.
+
 Test trials keep their repetition index; averaging repeats is left to the views that read the
-store. Stimuli are the files under ``stimuli/`` that the events name (or ids mapped to files by
-``stimuli/stimuli.tsv``).
+store. Stimulus images are found below ``stimuli/`` (or ``stimuli_dir``) by the name the events
+give: a relative path, a file name, or a name without extension (``stimuli/stimuli.tsv`` may map
+ids to files).
 """
 
 from __future__ import annotations
 
-import warnings
+import os
+import re
 from dataclasses import dataclass
+from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Literal
 
@@ -32,6 +42,7 @@ import pandas as pd
 from nibabel.affines import apply_affine
 from nilearn.glm.first_level import glover_hrf, spm_hrf
 from nilearn.glm.first_level.design_matrix import create_cosine_drift
+from nilearn.image import resample_img
 from nilearn.masking import compute_epi_mask
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, field_validator
@@ -44,12 +55,17 @@ from mindzoo.pipelines.bids_fmri import (
     check_bold_header,
     check_same_grid,
     find_bold_runs,
+    find_fmriprep_runs,
     find_subject_masks,
+    grid_difference,
+    list_names,
     parse_entities,
     read_dseg_labels,
     read_events,
+    require_content,
+    select_sessions,
     select_subjects,
-    select_task,
+    select_tasks,
 )
 
 STIMULI_DIR = "stimuli"
@@ -62,6 +78,13 @@ _HRF_KERNELS = {"glover": glover_hrf, "spm": spm_hrf}
 _HRF_OVERSAMPLING = 50
 # Relative singular value under which a design is treated as rank deficient.
 _RANK_TOLERANCE = 1e-8
+# A resampled mask must keep this share of its volume inside the bold field of view; less
+# means the two images are not in the same space, and nearest-neighbour would silently crop.
+_MIN_RESAMPLED_VOLUME = 0.5
+
+
+def _split_name(value: str) -> str:
+    return _SPLIT_ALIASES.get(value.lower(), value.lower())
 
 
 class FMRIPipelineConfig(BaseModel):
@@ -69,36 +92,78 @@ class FMRIPipelineConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    task: str | None = None
-    """BIDS task label; ``None`` takes the only task present."""
+    input: Literal["raw", "fmriprep"] = "raw"
+    """``raw``: the dataset's ``*_bold.nii[.gz]``; ``fmriprep``: fMRIPrep's preprocessed bold in
+    ``space`` under ``derivatives_dir``, with its brain masks and confounds (events and sidecars
+    still from the raw dataset)."""
+    derivatives_dir: str = "derivatives/fmriprep"
+    """fMRIPrep's output folder (``input=fmriprep``), relative to the dataset root or absolute."""
+    space: str = "T1w"
+    """fMRIPrep output space (``input=fmriprep``): ``T1w``, ``MNI152NLin2009cAsym``, or with a
+    resolution as fMRIPrep's ``--output-spaces`` writes it, ``MNI152NLin2009cAsym:res-2``."""
+    task: str | list[str] | None = None
+    """BIDS task label(s); ``None`` takes the only task present."""
     subjects: list[str] | None = None
     """Subject labels without ``sub-``; ``None`` takes every subject with runs of the task."""
+    sessions: list[str] | None = None
+    """Session labels without ``ses-``, or glob patterns (``perceptionTest*``); ``None``: all."""
     stimulus_column: str = "stim_file"
-    """Events column naming the stimulus: a file under ``stimuli/`` or a stimulus id."""
+    """Events column naming the stimulus: an image (relative path, file name or name without
+    extension) or a stimulus id."""
+    stimuli_dir: str | None = None
+    """Folder with the stimulus images when the dataset does not ship them (ImageNet, COCO,
+    THINGS), relative to the dataset root or absolute; ``None``: the dataset's ``stimuli/``."""
     label_column: str | None = "category"
     """Events (or ``stimuli.tsv``) column with a label per stimulus."""
+    label_regex: str | None = None
+    """Regular expression with one group that takes the label from the stimulus name where no
+    label column gives one (``^(n\\d+)_`` gives an ImageNet file's synset)."""
     split_column: str | None = "split"
     """Events (else ``stimuli.tsv``) column with train/val/test; absent or ``None``: test =
     the stimuli that every subject of the dataset saw, train = the others."""
+    split_values: dict[str, str] = {}
+    """Split-column value -> train/val/test, for datasets with their own words (``exp: train``)."""
+    session_splits: dict[str, str] | None = None
+    """Session label or glob pattern -> train/val/test, for datasets whose split is the session
+    type (``perceptionTraining*: train``); an exact label beats patterns (``imagenet04: test``
+    with ``imagenet*: train``); overrides ``split_column``."""
     trial_types: list[str] | None = None
-    """``trial_type`` values modelled as trials; ``None``: every row that names a stimulus."""
+    """``trial_type_column`` values modelled as trials; ``None``: every row that names a
+    stimulus."""
+    trial_type_column: str = "trial_type"
+    """Events column that ``trial_types`` selects on."""
     roi_mask: str | None = "derivatives/masks"
     """Folder (relative to the root, or absolute) with ``sub-*/**/*_desc-brain_mask`` and
-    ``*_dseg``; ``None`` computes an EPI mask from each subject's first run and keeps it all."""
+    ``*_dseg``; ``None``: only fMRIPrep's brain masks, or without them an EPI mask computed from
+    each subject's first run."""
+    mask_resample: Literal["never", "nearest"] = "never"
+    """A mask on another voxel grid than the bold: ``never`` refuses it; ``nearest`` resamples
+    it onto the bold grid (nearest neighbour, by the affines), which is right only when both
+    are in the same space (e.g. fMRIPrep ``space-T1w`` bold and a T1w-space dseg)."""
     glm: Literal["lsa", "lss"] = "lsa"
     hrf_model: str = "glover"
     """``glover`` or ``spm`` (nilearn's kernels)."""
     high_pass_hz: float = 0.01
     """Cut-off of the cosine drift basis, Hz."""
     confounds: list[str] = []
-    """Columns of the ``*_desc-confounds_timeseries.tsv`` beside each bold file."""
+    """Columns of each run's confounds TSV (fMRIPrep's ``*_desc-confounds_timeseries.tsv``
+    beside the bold), e.g. ``trans_x ... rot_z, csf, white_matter, framewise_displacement``."""
     zscore: Literal["session", "none"] = "session"
     image_size: int | None = None
     """Side of the square the stimuli are centre-cropped and resized to; ``None`` keeps them."""
 
+    @property
+    def tasks(self) -> list[str] | None:
+        """``task`` as a list (``None`` when unset)."""
+        return [self.task] if isinstance(self.task, str) else self.task
+
     @field_validator("task")
     @classmethod
-    def _drop_task_prefix(cls, value: str | None) -> str | None:
+    def _drop_task_prefix(cls, value: str | list[str] | None) -> str | list[str] | None:
+        if isinstance(value, list):
+            if not value:
+                raise ValueError("task must name at least one task, or be null for the only one")
+            return [label.removeprefix("task-") for label in value]
         return value.removeprefix("task-") if value is not None else None
 
     @field_validator("subjects")
@@ -107,6 +172,44 @@ class FMRIPipelineConfig(BaseModel):
         if value is not None and not value:
             raise ValueError("subjects must name at least one subject, or be null for all")
         return [label.removeprefix("sub-") for label in value] if value is not None else None
+
+    @field_validator("sessions")
+    @classmethod
+    def _drop_session_prefix(cls, value: list[str] | None) -> list[str] | None:
+        if value is not None and not value:
+            raise ValueError("sessions must name at least one session, or be null for all")
+        return [label.removeprefix("ses-") for label in value] if value is not None else None
+
+    @field_validator("space")
+    @classmethod
+    def _drop_space_prefix(cls, value: str) -> str:
+        value = value.removeprefix("space-")
+        if not value:
+            raise ValueError("space must name an fMRIPrep output space, e.g. T1w")
+        return value
+
+    @field_validator("label_regex")
+    @classmethod
+    def _one_group(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        try:
+            groups = re.compile(value).groups
+        except re.error as err:
+            raise ValueError(f"label_regex {value!r} is not a regular expression: {err}") from err
+        if groups != 1:
+            raise ValueError(f"label_regex {value!r} must have one (group), it has {groups}")
+        return value
+
+    @field_validator("split_values", "session_splits")
+    @classmethod
+    def _known_splits(cls, value: dict[str, str] | None) -> dict[str, str] | None:
+        if value is None:
+            return None
+        unknown = [split for split in value.values() if _split_name(split) not in SPLITS]
+        if unknown:
+            raise ValueError(f"split {unknown[0]!r} is not one of {', '.join(SPLITS)}")
+        return {key: _split_name(split) for key, split in value.items()}
 
     @field_validator("hrf_model")
     @classmethod
@@ -157,8 +260,8 @@ class PreparedFMRI:
     """Everything the store needs from a BIDS fMRI dataset.
 
     ``stimulus_ids``/``stimulus_labels``/``stimulus_splits`` are indexed by the trials'
-    ``stimulus_index``; ``images`` is uint8 ``[n_stimuli, h, w, 3]`` or ``None`` when the
-    stimuli are not image files; ``source_files`` lists every input file read.
+    ``stimulus_index``; ``images`` is uint8 ``[n_stimuli, h, w, 3]``, or ``None`` when prepared
+    without images; ``source_files`` lists every input file read.
     """
 
     subjects: dict[str, SubjectBetas]
@@ -170,29 +273,33 @@ class PreparedFMRI:
 
 
 def prepare_bids_fmri(
-    root: Path | str, config: FMRIPipelineConfig, progress: bool = True
+    root: Path | str,
+    config: FMRIPipelineConfig,
+    progress: bool = True,
+    with_images: bool = True,
 ) -> PreparedFMRI:
     """Single-trial betas for every chosen subject of the BIDS fMRI dataset at ``root``.
 
-    Checks the whole input (headers, sidecars, events, masks, stimuli) before loading any bold
-    data, so bad input fails in seconds with a :class:`UserInputError`.
+    ``with_images=False`` prepares without looking for stimulus images (``images`` is then
+    ``None``): for datasets whose images are not at hand when no image features are wanted.
+    Checks the whole input (headers, sidecars, events, confounds, masks, stimuli) before
+    loading any bold data, so bad input fails in seconds with a :class:`UserInputError`.
     """
     root = Path(root)
     sources = _SourceFiles()
-    runs = find_bold_runs(root)
-    task = select_task(runs, config.task)
-    runs = [run for run in runs if run.task == task]
-    subjects = select_subjects(runs, config.subjects)
+    selection = _select_runs(root, config)
     stimuli_table = _read_stimuli_table(root, config, sources)
 
     plans = {
-        subject: _plan_subject(subject, [r for r in runs if r.subject == subject], config, sources)
-        for subject in subjects
+        subject: _plan_subject(subject, selection, config, sources)
+        for subject in selection.subjects
     }
-    catalog = _build_catalog(root, plans, runs, stimuli_table, config, sources)
+    catalog = _build_catalog(
+        root, plans, selection.task_runs, stimuli_table, config, sources, with_images
+    )
     voxels = {
         subject: _subject_voxels(root, subject, plans[subject], config, sources)
-        for subject in subjects
+        for subject in selection.subjects
     }
 
     n_runs = sum(len(subject_plans) for subject_plans in plans.values())
@@ -203,7 +310,7 @@ def prepare_bids_fmri(
         tqdm(total=n_runs, desc="fMRI runs", unit="run", disable=not progress) as bar,
     ):
         prepared = {}
-        for subject in subjects:
+        for subject in selection.subjects:
             betas, trials, subject_voxels = _fit_subject(
                 plans[subject], voxels[subject], config, bar
             )
@@ -225,6 +332,43 @@ def prepare_bids_fmri(
     )
 
 
+def input_files(
+    root: Path | str, config: FMRIPipelineConfig, with_images: bool = True
+) -> list[Path]:
+    """The files that preparing ``root`` with ``config`` reads, found without reading NIfTI data.
+
+    For sources that fetch lazily (DataLad): the chosen runs' bold, sidecars, events, fMRIPrep
+    masks and (when ``confounds`` are set) confounds, the ``roi_mask`` files of the chosen
+    subjects, ``stimuli/stimuli.tsv`` and the stimulus images found below ``stimuli/`` (or
+    ``stimuli_dir``). Reads only events and sidecars (small, and in git for DataLad). Paths
+    outside ``root`` (an fMRIPrep or image folder elsewhere) are included as they are.
+    """
+    root = Path(root)
+    selection = _select_runs(root, config)
+    files: list[Path | None] = []
+    for run in selection.runs:
+        files += [run.bold_path, *run.sidecar_paths, run.events_path, run.brain_mask]
+        if config.confounds:
+            files.append(run.confounds_path())
+    if config.roi_mask is not None:
+        for subject in selection.subjects:
+            masks = find_subject_masks(_under_root(root, config.roi_mask), subject)
+            files += [masks.brain_mask, masks.dseg, masks.dseg_labels]
+    table_path = root / STIMULI_DIR / STIMULI_TABLE
+    files.append(table_path if table_path.is_file() else None)
+    if with_images:
+        table = _read_stimuli_table(root, config, _SourceFiles())
+        finder = _ImageFinder(_stimuli_folder(root, config))
+        keys = {key for run in selection.runs for key in _run_trials(run, config)["stimulus_key"]}
+        files += [finder.find(_image_name(key, table)) for key in sorted(keys)]
+    return list(dict.fromkeys(path for path in files if path is not None))
+
+
+def _under_root(root: Path, folder: str) -> Path:
+    path = Path(folder).expanduser()
+    return path if path.is_absolute() else root / path
+
+
 class _SourceFiles:
     """Ordered set of the input files read, for provenance."""
 
@@ -242,8 +386,42 @@ class _SourceFiles:
 
 
 @dataclass
+class _RunSelection:
+    """The runs to prepare and the context they were chosen from.
+
+    ``task_runs``: every run of the chosen tasks (all subjects and sessions: split inference
+    and session numbering look at them, so a limit does not change either); ``runs``: those of
+    the chosen subjects and sessions; ``subjects``: labels without ``sub-``.
+    """
+
+    task_runs: list[BoldRun]
+    runs: list[BoldRun]
+    subjects: list[str]
+
+
+def _select_runs(root: Path, config: FMRIPipelineConfig) -> _RunSelection:
+    if config.input == "fmriprep":
+        if not root.is_dir():
+            raise UserInputError(f"BIDS root {root} is not a directory; pass the dataset folder")
+        runs = find_fmriprep_runs(_under_root(root, config.derivatives_dir), root, config.space)
+    else:
+        runs = find_bold_runs(root)
+    tasks = select_tasks(runs, config.tasks)
+    task_runs = [run for run in runs if run.task in tasks]
+    subjects = select_subjects(task_runs, config.subjects)
+    chosen = select_sessions([run for run in task_runs if run.subject in subjects], config.sessions)
+    without = [s for s in subjects if not any(run.subject == s for run in chosen)]
+    if without:
+        raise UserInputError(
+            f"sub-{without[0]} has no runs in sessions {', '.join(config.sessions or [])}; "
+            "choose other subjects or sessions"
+        )
+    return _RunSelection(task_runs=task_runs, runs=chosen, subjects=subjects)
+
+
+@dataclass
 class _RunPlan:
-    """A bold run checked and ready to fit: its header image, TR (s) and trial table."""
+    """A bold run checked and ready to fit: header image, TR (s), trials and confounds."""
 
     run: BoldRun
     image: nib.Nifti1Image
@@ -251,23 +429,28 @@ class _RunPlan:
     session: int
     run_number: int
     trials: pd.DataFrame  # stimulus_key, onset, duration, label, split (raw text), events_file
+    confounds: np.ndarray | None  # [frame, column], centred
 
 
 def _plan_subject(
-    subject: str, runs: list[BoldRun], config: FMRIPipelineConfig, sources: _SourceFiles
+    subject: str, selection: _RunSelection, config: FMRIPipelineConfig, sources: _SourceFiles
 ) -> list[_RunPlan]:
-    """Check every run of one subject and select its trials; runs without trials are dropped."""
-    sessions = _session_numbers([run.session for run in runs])
+    """Check every chosen run of one subject and select its trials; runs without trials go."""
+    runs = [run for run in selection.runs if run.subject == subject]
+    sessions = _session_numbers([r.session for r in selection.task_runs if r.subject == subject])
     plans = []
     for run in runs:
         trials = _run_trials(run, config, sources)
         if trials.empty:
             continue
+        require_content(run.bold_path)
         image = nib.load(run.bold_path)
         tr = check_bold_header(run, image)
         sources.add(run.bold_path, *run.sidecar_paths)
-        _check_onsets_inside_run(run, trials, n_frames=image.shape[3], tr=tr)
-        plans.append(_RunPlan(run, image, tr, sessions[run.session], 0, trials))
+        n_frames = image.shape[3]
+        _check_onsets_inside_run(run, trials, n_frames=n_frames, tr=tr)
+        confounds = _read_confounds(run, config.confounds, n_frames, sources)
+        plans.append(_RunPlan(run, image, tr, sessions[run.session], 0, trials, confounds))
     if not plans:
         raise UserInputError(
             f"sub-{subject} has no trials: no events row names a stimulus in column "
@@ -282,11 +465,12 @@ def _trial_type_filter(runs: list[BoldRun], config: FMRIPipelineConfig) -> str:
     """Error-message phrase naming the requested and the available trial types."""
     if config.trial_types is None:
         return ""
+    column = config.trial_type_column
     present = set()
     for run in runs:
-        events = read_events(run, ["trial_type"])
-        present |= set(events["trial_type"].dropna())
-    return f" with trial_type in {config.trial_types} (the events have {sorted(present)})"
+        events = read_events(run, [column])
+        present |= set(events[column].dropna())
+    return f" with {column} in {config.trial_types} (the events have {sorted(present)})"
 
 
 def _session_numbers(labels: list[str | None]) -> dict[str | None, int]:
@@ -303,33 +487,38 @@ def _session_numbers(labels: list[str | None]) -> dict[str | None, int]:
 
 
 def _number_runs(plans: list[_RunPlan]) -> None:
-    """Run numbers per session: the ``run`` entity when unique integers, else file order."""
+    """Run numbers per session: the ``run`` entity when unique integers, else file order.
+
+    A session with one run and no run entity (BIDS allows it) gets run 1.
+    """
     for session in {plan.session for plan in plans}:
         in_session = [plan for plan in plans if plan.session == session]
         labels = [plan.run.entities.get("run", "") for plan in in_session]
-        if all(label.isdigit() for label in labels) and len(set(labels)) == len(labels):
-            numbers = [int(label) for label in labels]
-        else:
+        numbers = [int(label) for label in labels if label.isdigit()]
+        if len(numbers) != len(labels) or len(set(numbers)) != len(numbers):
             numbers = list(range(1, len(in_session) + 1))
         for plan, number in zip(in_session, numbers, strict=True):
             plan.run_number = number
 
 
-def _run_trials(run: BoldRun, config: FMRIPipelineConfig, sources: _SourceFiles) -> pd.DataFrame:
+def _run_trials(
+    run: BoldRun, config: FMRIPipelineConfig, sources: _SourceFiles | None = None
+) -> pd.DataFrame:
     """The events rows of ``run`` modelled as trials, with their raw stimulus/label/split."""
     required = ["onset", "duration", config.stimulus_column]
     if config.trial_types is not None:
-        required.append("trial_type")
+        required.append(config.trial_type_column)
     events = read_events(
         run,
         required,
         fix="add them to the events file, or change stimulus_column/trial_types to match it",
     )
-    sources.add(run.events_path)
+    if sources is not None:
+        sources.add(run.events_path)
     keys = events[config.stimulus_column].str.strip()
     rows = keys.notna() & (keys != "")
     if config.trial_types is not None:
-        rows &= events["trial_type"].isin(config.trial_types)
+        rows &= events[config.trial_type_column].isin(config.trial_types)
     selected = events[rows]
 
     def optional(column: str | None) -> pd.Series:
@@ -337,16 +526,44 @@ def _run_trials(run: BoldRun, config: FMRIPipelineConfig, sources: _SourceFiles)
             return pd.Series(pd.NA, index=selected.index, dtype=object)
         return selected[column].str.strip()
 
+    split = optional(config.split_column)
+    if config.session_splits is not None:
+        split = pd.Series(_session_split(run, config.session_splits), index=selected.index)
     return pd.DataFrame(
         {
             "stimulus_key": keys[rows],
             "onset": selected["onset"],
             "duration": selected["duration"],
             "label": optional(config.label_column),
-            "split": optional(config.split_column),
+            "split": split,
             "events_file": run.events_path.name,
         }
     ).reset_index(drop=True)
+
+
+def _session_split(run: BoldRun, session_splits: dict[str, str]) -> str:
+    """The split of every trial of ``run`` from its session label: the ``session_splits`` entry
+    named exactly, else the one split of the glob patterns it matches (order-independent, as
+    settings pass through YAML, JSON and hashing)."""
+    if run.session is None:
+        raise UserInputError(
+            f"session_splits needs sessions but {run.name} has no ses- entity; "
+            "set session_splits=null and give the split another way"
+        )
+    if run.session in session_splits:  # an exact label beats any pattern
+        return session_splits[run.session]
+    splits = {split for p, split in session_splits.items() if fnmatchcase(run.session, p)}
+    if len(splits) == 1:
+        return splits.pop()
+    if splits:
+        raise UserInputError(
+            f"Session ses-{run.session} matches session_splits patterns of several splits "
+            f"({', '.join(sorted(splits))}); name the session exactly to choose one"
+        )
+    raise UserInputError(
+        f"Session ses-{run.session} ({run.name}) matches no session_splits pattern "
+        f"({', '.join(session_splits)}); add a pattern for it or leave it out with sessions"
+    )
 
 
 def _check_onsets_inside_run(run: BoldRun, trials: pd.DataFrame, n_frames: int, tr: float) -> None:
@@ -358,6 +575,43 @@ def _check_onsets_inside_run(run: BoldRun, trials: pd.DataFrame, n_frames: int, 
             f"{run.events_path.name}: trial onset {onset:g} s is after the end of {run.name} "
             f"({n_frames} volumes x TR {tr:g} s = {run_end:g} s); fix the events or the TR"
         )
+
+
+def _read_confounds(
+    run: BoldRun, columns: list[str], n_frames: int, sources: _SourceFiles
+) -> np.ndarray | None:
+    """Chosen confound columns, centred, with missing values (fMRIPrep's first rows) as 0."""
+    if not columns:
+        return None
+    path = run.confounds_path()
+    if not os.path.lexists(path):
+        raise UserInputError(
+            f"confounds were requested but {path.name} is missing beside {run.name}; "
+            "add it or set confounds=[]"
+        )
+    require_content(path)
+    table = pd.read_csv(path, sep="\t", na_values=["n/a"])
+    sources.add(path)
+    missing = [column for column in columns if column not in table.columns]
+    if missing:
+        raise UserInputError(
+            f"{path.name} lacks confound column(s) {', '.join(missing)}; choose from "
+            f"{', '.join(table.columns[:20])}{' ...' if len(table.columns) > 20 else ''}"
+        )
+    if len(table) != n_frames:
+        raise UserInputError(
+            f"{path.name} has {len(table)} rows but {run.name} has {n_frames} volumes; "
+            "use the confounds of this run"
+        )
+    values = table[columns].apply(pd.to_numeric, errors="coerce").to_numpy(dtype=float)
+    all_missing = np.isnan(values).all(axis=0)
+    if all_missing.any():
+        raise UserInputError(
+            f"{path.name}: confound column {columns[int(all_missing.argmax())]} has no numeric "
+            "value; choose another column"
+        )
+    values = values - np.nanmean(values, axis=0)
+    return np.nan_to_num(values, nan=0.0)
 
 
 # --- stimuli ---------------------------------------------------------------------------------
@@ -401,29 +655,34 @@ def _is_image_file(key: str) -> bool:
 def _build_catalog(
     root: Path,
     plans: dict[str, list[_RunPlan]],
-    all_runs: list[BoldRun],
+    task_runs: list[BoldRun],
     table: pd.DataFrame | None,
     config: FMRIPipelineConfig,
     sources: _SourceFiles,
+    with_images: bool,
 ) -> _StimulusCatalog:
     """Stimulus ids, labels, splits and image files for every stimulus the trials name."""
     trials = pd.concat([p.trials for ps in plans.values() for p in ps], ignore_index=True)
     first_rows = trials.drop_duplicates("stimulus_key").set_index("stimulus_key")
     keys = list(first_rows.index)
     ids = {key: _stimulus_id(key, table) for key in keys}
-    images = {
-        key: _stimulus_image(root, key, first_rows.at[key, "events_file"], table) for key in keys
-    }
     labels = _per_stimulus(trials, "label", config.label_column, table)
-    splits = _per_stimulus(trials, "split", config.split_column, table)
-    if splits.isna().all():
-        splits = _infer_splits(all_runs, config, sources).reindex(keys)
-    splits = _checked_splits(splits, config)
-    if labels.isna().all() and config.label_column and "label_column" in config.model_fields_set:
+    # The default column may be absent (labels stay empty); a column the user named may not.
+    # (Not model_fields_set: catalog settings arrive with every default written out.)
+    named = config.label_column != FMRIPipelineConfig.model_fields["label_column"].default
+    if labels.isna().all() and config.label_column and named:
         raise UserInputError(
             f"label_column {config.label_column!r} is in no events file nor {STIMULI_TABLE}; "
             "name an existing column or set label_column=null"
         )
+    if config.label_regex is not None:
+        labels = _labels_from_names(labels, config.label_regex)
+    if config.session_splits is None:  # a session plan that contradicts itself stays an error
+        trials = _strongest_split_per_stimulus(trials, config)
+    splits = _per_stimulus(trials, "split", config.split_column, table)
+    if splits.isna().all():
+        splits = _infer_splits(task_runs, config, sources).reindex(keys)
+    splits = _checked_splits(splits, config)
 
     order = sorted(keys, key=lambda key: ids[key])
     duplicates = pd.Series([ids[key] for key in order]).duplicated()
@@ -432,14 +691,14 @@ def _build_catalog(
             f"Two stimuli share the id {ids[order[int(duplicates.idxmax())]]!r}; "
             "give every stimulus file a distinct name"
         )
-    have_images = all(images[key] is not None for key in order)
-    if not have_images and any(images[key] is not None for key in order):
-        warnings.warn("Only some stimuli are image files; no images are kept", stacklevel=2)
+    image_paths = None
+    if with_images:
+        image_paths = _find_images(root, order, first_rows["events_file"], table, config)
     return _StimulusCatalog(
         ids=[ids[key] for key in order],
         labels=[_text(labels.get(key)) for key in order],
         splits=[str(splits[key]) for key in order],
-        image_paths=[images[key] for key in order] if have_images else None,
+        image_paths=image_paths,
         index_of_key={key: index for index, key in enumerate(order)},
     )
 
@@ -457,24 +716,103 @@ def _stimulus_id(key: str, table: pd.DataFrame | None) -> str:
     return str(Path(key).with_suffix("")) if _is_image_file(key) else key
 
 
-def _stimulus_image(
-    root: Path, key: str, events_file: str, table: pd.DataFrame | None
-) -> Path | None:
-    """The image file of a stimulus (under ``stimuli/``), or ``None`` when it is not a file."""
-    name = key
-    if not _is_image_file(key):
-        if table is None or "stim_file" not in table.columns or key not in table.index:
-            return None
-        name = table.at[key, "stim_file"]
-        if pd.isna(name):
-            return None
-    path = root / STIMULI_DIR / name
-    if not path.is_file():
-        raise UserInputError(
-            f"Stimulus file {STIMULI_DIR}/{name} named in {events_file} does not exist; add it "
-            f"under {root / STIMULI_DIR} or fix the events' stimulus column"
+def _labels_from_names(labels: pd.Series, pattern: str) -> pd.Series:
+    """Missing labels filled with ``pattern``'s group matched in the stimulus name (the index)."""
+    compiled = re.compile(pattern)
+    filled = labels.copy()
+    for key in labels.index[labels.isna()]:
+        match = compiled.search(key)
+        if match is None:
+            raise UserInputError(
+                f"label_regex {pattern!r} does not match stimulus {key!r}; fix the pattern or "
+                "set label_regex=null"
+            )
+        filled[key] = match.group(1)
+    return filled
+
+
+def _stimuli_folder(root: Path, config: FMRIPipelineConfig) -> Path:
+    return _under_root(root, config.stimuli_dir or STIMULI_DIR)
+
+
+def _image_name(key: str, table: pd.DataFrame | None) -> str:
+    """What to look for: ``stimuli.tsv``'s ``stim_file`` for an id it lists, else the key."""
+    if _is_image_file(key) or table is None or "stim_file" not in table.columns:
+        return key
+    if key in table.index and not pd.isna(table.at[key, "stim_file"]):
+        return str(table.at[key, "stim_file"])
+    return key
+
+
+def _find_images(
+    root: Path,
+    keys: list[str],
+    events_files: pd.Series,
+    table: pd.DataFrame | None,
+    config: FMRIPipelineConfig,
+) -> list[Path]:
+    """The image file of each stimulus; all missing ones are reported in one line."""
+    folder = _stimuli_folder(root, config)
+    finder = _ImageFinder(folder)
+    paths, missing = [], []
+    for key in keys:
+        path = finder.find(_image_name(key, table))
+        if path is None:
+            missing.append(key)
+        else:
+            paths.append(path)
+    if missing:
+        fix = (
+            "pass stimuli_dir=FOLDER with the images"
+            if config.stimuli_dir is None
+            else "put them there or fix stimuli_dir"
         )
-    return path
+        raise UserInputError(
+            f"{len(missing)} of {len(keys)} stimulus images are missing ({list_names(missing)}, "
+            f"first named in {events_files[missing[0]]}); looked below {folder} by relative path, "
+            f"file name or name without extension; {fix}, or prepare without image features "
+            "(features=[])"
+        )
+    return paths
+
+
+class _ImageFinder:
+    """Image files below ``folder``, found by relative path, file name or name without
+    extension (so ``n01518878_5958`` finds ``n01518878/n01518878_5958.JPEG``).
+
+    The folder is walked once, on the first name that is not a relative path below it. Links
+    whose content is absent (annexed files not fetched) are listed too.
+    """
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self._by_name: dict[str, list[Path]] | None = None
+
+    def find(self, name: str) -> Path | None:
+        direct = self.folder / name
+        if _is_image_file(name) and os.path.lexists(direct):
+            return direct
+        matches = self._index().get(Path(name).name if _is_image_file(name) else name, [])
+        if len(matches) > 1:
+            raise UserInputError(
+                f"Several images below {self.folder} match stimulus {name!r} "
+                f"({list_names([str(p.relative_to(self.folder)) for p in matches])}); keep one "
+                "or name stimuli by their relative path"
+            )
+        return matches[0] if matches else None
+
+    def _index(self) -> dict[str, list[Path]]:
+        """File name -> paths, and name without extension -> paths."""
+        if self._by_name is None:
+            self._by_name = {}
+            for dirpath, dirnames, filenames in os.walk(self.folder):
+                dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+                for filename in sorted(filenames):
+                    if _is_image_file(filename):
+                        path = Path(dirpath) / filename
+                        self._by_name.setdefault(filename, []).append(path)
+                        self._by_name.setdefault(Path(filename).stem, []).append(path)
+        return self._by_name
 
 
 def _per_stimulus(
@@ -488,8 +826,9 @@ def _per_stimulus(
         key = clash["stimulus_key"].iloc[0]
         values = clash.loc[clash["stimulus_key"] == key, trial_column].tolist()
         raise UserInputError(
-            f"Stimulus {key!r} has several {table_column} values ({', '.join(values)}) in the "
-            f"events (e.g. {clash['events_file'].iloc[0]}); give each stimulus one value"
+            f"Stimulus {key!r} has several {table_column or trial_column} values "
+            f"({', '.join(values)}) in the events (e.g. {clash['events_file'].iloc[0]}); "
+            "give each stimulus one value"
         )
     values = known.set_index("stimulus_key")[trial_column]
     keys = trials["stimulus_key"].unique()
@@ -497,6 +836,27 @@ def _per_stimulus(
     if table is not None and table_column is not None and table_column in table.columns:
         values = values.fillna(table[table_column].reindex(keys))
     return values
+
+
+def _strongest_split_per_stimulus(trials: pd.DataFrame, config: FMRIPipelineConfig) -> pd.DataFrame:
+    """Trials with each stimulus' split reduced to one value: test wins over val over train.
+
+    Values are first mapped by ``split_values``. BOLD5000 marks one presentation of a repeated
+    image ``coco`` and the others ``rep_coco``: the image is a test image. Unknown values rank
+    first so that ``_checked_splits`` reports them.
+    """
+    if "split" not in trials.columns:
+        return trials
+    mapped = trials["split"].map(
+        lambda value: (
+            value if pd.isna(value) else _split_name(config.split_values.get(value, value))
+        )
+    )
+    rank = mapped.map({"test": 1, "val": 2, "train": 3}).fillna(0).where(mapped.notna(), 4)
+    strongest = (
+        trials.assign(split=mapped, _rank=rank).groupby("stimulus_key")["_rank"].transform("min")
+    )
+    return trials.assign(split=mapped.where(rank == strongest))
 
 
 def _infer_splits(
@@ -514,26 +874,27 @@ def _infer_splits(
     if (splits == "test").all():
         raise UserInputError(
             f"No split column ({config.split_column!r}) and every stimulus is seen by all "
-            f"{n_subjects} subject(s), so no training set can be inferred; "
-            "set split_column to an events column with train/test"
+            f"{n_subjects} subject(s), so no training set can be inferred; set split_column "
+            "to an events column with train/test, or session_splits"
         )
     return splits
 
 
 def _checked_splits(splits: pd.Series, config: FMRIPipelineConfig) -> pd.Series:
-    """Split names normalised to train/val/test; missing or unknown ones are refused."""
+    """Split names mapped by ``split_values`` and normalised to train/val/test; missing or
+    unknown ones are refused."""
     missing = splits.isna()
     if missing.any():
         raise UserInputError(
             f"Stimulus {splits.index[missing][0]!r} has no {config.split_column!r} value in any "
             "events file; fill the split column for every trial"
         )
-    normalised = splits.str.lower().replace(_SPLIT_ALIASES)
+    normalised = splits.map(lambda value: _split_name(config.split_values.get(value, value)))
     unknown = ~normalised.isin(SPLITS)
     if unknown.any():
         raise UserInputError(
             f"Unknown split {splits[unknown].iloc[0]!r} in column {config.split_column!r}; "
-            f"use one of {', '.join(SPLITS)}"
+            f"use one of {', '.join(SPLITS)} or map it with split_values"
         )
     return normalised
 
@@ -542,6 +903,7 @@ def _load_images(paths: list[Path], image_size: int | None) -> np.ndarray:
     """uint8 ``[n, h, w, 3]``; with ``image_size``, centre-cropped to square and resized."""
     images = []
     for path in paths:
+        require_content(path)
         with Image.open(path) as opened:
             image = opened.convert("RGB")
         if image_size is not None:
@@ -589,9 +951,10 @@ def _subject_voxels(
     config: FMRIPipelineConfig,
     sources: _SourceFiles,
 ) -> _Voxels | None:
-    """Signal-ROI voxels from the mask derivatives; ``None`` when an EPI mask is computed later.
+    """Signal-ROI voxels from the masks; ``None`` when an EPI mask is computed later.
 
-    Every run must lie on the grid of the first one (and of the mask).
+    Every run must lie on the grid of the first one; masks are checked against it (and
+    resampled onto it with ``mask_resample=nearest``).
     """
     reference = plans[0]
     for plan in plans[1:]:
@@ -600,32 +963,37 @@ def _subject_voxels(
             reference.run.name,
             plan.image,
             plan.run.name,
-            fix="resample every run of a subject to one grid",
+            fix="every run of a subject must be on one grid: use data registered to one space "
+            "(e.g. input=fmriprep) or limit sessions",
         )
-    if config.roi_mask is None:
-        return None
-    mask_root = Path(config.roi_mask)
-    mask_root = mask_root if mask_root.is_absolute() else root / mask_root
-    files = find_subject_masks(mask_root, subject)
-    sources.add(files.brain_mask, files.dseg, files.dseg_labels)
     inside = np.ones(reference.image.shape[:3], dtype=bool)
-    space = None
-    if files.brain_mask is not None:
-        inside &= _load_mask_volume(files.brain_mask, reference) > 0
-        space = parse_entities(files.brain_mask.name)[0].get("space")
-    segmentation = None
-    if files.dseg is not None:
-        segmentation = np.rint(_load_mask_volume(files.dseg, reference)).astype(np.int32)
-        inside &= segmentation > 0
-        space = space or parse_entities(files.dseg.name)[0].get("space")
-    shown = files.dseg or files.brain_mask
+    masks = [plan.run.brain_mask for plan in plans if plan.run.brain_mask is not None]
+    for path in masks:  # fMRIPrep's: keep voxels inside the brain in every run
+        inside &= _mask_on_grid(path, reference, config) > 0
+    space = reference.run.entities.get("space")
+    segmentation, labels_path = None, None
+    if config.roi_mask is not None:
+        files = find_subject_masks(_under_root(root, config.roi_mask), subject)
+        if files.brain_mask is not None:
+            inside &= _mask_on_grid(files.brain_mask, reference, config) > 0
+            space = space or parse_entities(files.brain_mask.name)[0].get("space")
+        if files.dseg is not None:
+            segmentation = np.rint(_mask_on_grid(files.dseg, reference, config)).astype(np.int32)
+            inside &= segmentation > 0
+            space = space or parse_entities(files.dseg.name)[0].get("space")
+        masks += [path for path in (files.brain_mask, files.dseg) if path is not None]
+        labels_path = files.dseg_labels
+    if not masks:
+        return None
+    sources.add(*masks, labels_path)
     if not inside.any():
-        raise UserInputError(f"The signal ROI in {shown.name} is empty; fix the mask")
+        shown = " & ".join(path.name for path in masks)
+        raise UserInputError(f"The signal ROI ({shown}) is empty; fix the masks")
     ijk = np.argwhere(inside).astype(np.int32)
     if segmentation is None:
         roi_labels = np.full(len(ijk), "brain")
     else:
-        names = read_dseg_labels(files.dseg_labels)
+        names = read_dseg_labels(labels_path)
         codes = segmentation[tuple(ijk.T)]
         roi_labels = np.array([names.get(int(code), f"roi-{code}") for code in codes])
     return _Voxels(
@@ -633,15 +1001,13 @@ def _subject_voxels(
         roi_labels=roi_labels,
         affine=reference.image.affine.copy(),
         shape=tuple(int(n) for n in reference.image.shape[:3]),
-        space=space or _bold_space(reference.run),
+        space=space or "native",
     )
 
 
-def _bold_space(run: BoldRun) -> str:
-    return run.entities.get("space", "native")
-
-
-def _load_mask_volume(path: Path, reference: _RunPlan) -> np.ndarray:
+def _mask_on_grid(path: Path, reference: _RunPlan, config: FMRIPipelineConfig) -> np.ndarray:
+    """A 3D mask's values on the reference run's grid (resampled if allowed and needed)."""
+    require_content(path)
     mask = nib.load(path)
     if len(mask.shape) == 4 and mask.shape[3] == 1:
         mask = mask.slicer[..., 0]
@@ -649,12 +1015,47 @@ def _load_mask_volume(path: Path, reference: _RunPlan) -> np.ndarray:
         raise UserInputError(
             f"Expected a 3D mask, got shape {tuple(mask.shape)} from {path.name}; pass one volume"
         )
-    check_same_grid(reference.image, reference.run.name, mask, path.name)
-    return np.asanyarray(mask.dataobj)
+    difference = grid_difference(reference.image, mask)
+    if difference is None:
+        return np.asanyarray(mask.dataobj)
+    if config.mask_resample == "never":
+        raise UserInputError(
+            f"{path.name} is on a different voxel grid than {reference.run.name} ({difference}); "
+            "set mask_resample=nearest to resample the mask to the bold grid (only if both are "
+            "in the same space), or resample it yourself"
+        )
+    return _resample_mask(mask, path.name, reference)
+
+
+def _resample_mask(mask: nib.Nifti1Image, name: str, reference: _RunPlan) -> np.ndarray:
+    """Nearest-neighbour resampling onto the bold grid, refused if it crops most of the mask."""
+    target_shape = tuple(int(n) for n in reference.image.shape[:3])
+    resampled = resample_img(
+        nib.Nifti1Image(np.asanyarray(mask.dataobj), mask.affine),
+        target_affine=reference.image.affine,
+        target_shape=target_shape,
+        interpolation="nearest",
+        force_resample=True,
+        copy_header=True,
+    )
+    values = np.asanyarray(resampled.dataobj)
+    volume_before = np.count_nonzero(np.asanyarray(mask.dataobj)) * _voxel_volume(mask.affine)
+    volume_after = np.count_nonzero(values) * _voxel_volume(reference.image.affine)
+    if volume_before > 0 and volume_after < _MIN_RESAMPLED_VOLUME * volume_before:
+        raise UserInputError(
+            f"{name} resampled to the grid of {reference.run.name} keeps "
+            f"{100 * volume_after / volume_before:.0f}% of its volume, the rest is outside the "
+            "bold field of view; use a mask in the same space as the bold"
+        )
+    return values
+
+
+def _voxel_volume(affine: np.ndarray) -> float:
+    return float(abs(np.linalg.det(affine[:3, :3])))
 
 
 def _epi_voxels(mean_volume: np.ndarray, plan: _RunPlan) -> _Voxels:
-    """All voxels of nilearn's EPI mask of a run's mean volume (no ROI derivatives given)."""
+    """All voxels of nilearn's EPI mask of a run's mean volume (no mask given)."""
     mean_image = nib.Nifti1Image(mean_volume, plan.image.affine)
     mask = np.asanyarray(compute_epi_mask(mean_image).dataobj) > 0
     ijk = np.argwhere(mask).astype(np.int32)
@@ -667,7 +1068,7 @@ def _epi_voxels(mean_volume: np.ndarray, plan: _RunPlan) -> _Voxels:
         roi_labels=np.full(len(ijk), "brain"),
         affine=plan.image.affine.copy(),
         shape=tuple(int(n) for n in plan.image.shape[:3]),
-        space=_bold_space(plan.run),
+        space=plan.run.entities.get("space", "native"),
     )
 
 
@@ -767,33 +1168,6 @@ def _least_squares_separate(bold: np.ndarray, trials: np.ndarray) -> np.ndarray:
     return (betas / determinant[:, None]).astype(np.float32)
 
 
-def _read_confounds(plan: _RunPlan, columns: list[str], n_frames: int) -> np.ndarray | None:
-    """Chosen confound columns, centred, with missing values (fMRIPrep's first rows) as 0."""
-    if not columns:
-        return None
-    path = plan.run.confounds_path()
-    if not path.is_file():
-        raise UserInputError(
-            f"confounds were requested but {path.name} is missing beside {plan.run.name}; "
-            "add it or set confounds=[]"
-        )
-    table = pd.read_csv(path, sep="\t", na_values=["n/a"])
-    missing = [column for column in columns if column not in table.columns]
-    if missing:
-        raise UserInputError(
-            f"{path.name} lacks confound column(s) {', '.join(missing)}; choose from "
-            f"{', '.join(table.columns[:20])}{' ...' if len(table.columns) > 20 else ''}"
-        )
-    if len(table) != n_frames:
-        raise UserInputError(
-            f"{path.name} has {len(table)} rows but {plan.run.name} has {n_frames} volumes; "
-            "use the confounds of this run"
-        )
-    values = table[columns].to_numpy(dtype=float)
-    values = values - np.nanmean(values, axis=0)
-    return np.nan_to_num(values, nan=0.0)
-
-
 def _fit_run(
     plan: _RunPlan, voxels: _Voxels | None, config: FMRIPipelineConfig
 ) -> tuple[np.ndarray, _Voxels]:
@@ -819,8 +1193,7 @@ def _fit_run(
         plan.tr,
         config.hrf_model,
     )
-    confounds = _read_confounds(plan, config.confounds, n_frames)
-    nuisance = nuisance_regressors(n_frames, plan.tr, config.high_pass_hz, confounds)
+    nuisance = nuisance_regressors(n_frames, plan.tr, config.high_pass_hz, plan.confounds)
     try:
         return fit_single_trial_betas(bold, design, nuisance, config.glm), voxels
     except np.linalg.LinAlgError as err:
