@@ -1,13 +1,20 @@
-"""`braindecode-cli train MODEL --store STORE`: fit a model per subject into a run directory."""
+"""`braindecode-cli train MODEL --store STORE`: train a model into a run directory.
+
+Torch decoders train on all chosen subjects at once and can be resumed (`--resume`); for data
+parallelism launch the same command under `torchrun --nproc_per_node N -m mindzoo train ...`
+(CPU, gloo) or `accelerate launch --multi_gpu -m mindzoo train ...` (GPUs).
+"""
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
 import typer
 from rich.console import Console
 
+from mindzoo.errors import UserInputError
 from mindzoo.training.run import train_model
 
 console = Console()
@@ -26,8 +33,14 @@ def register(app: typer.Typer) -> None:
         subjects: list[str] = typer.Option([], help="Subjects to fit (default: all)."),
         out: Path | None = typer.Option(None, help="Run directory (default runs/MODEL-TIME)."),
         sets: list[str] = typer.Option([], "--set", help="Override a setting: KEY=VALUE."),
+        resume: bool = typer.Option(
+            False, help="Continue the run in --out from its last checkpoint (torch models)."
+        ),
     ) -> None:
         """Train MODEL on the store's training split; writes weights, predictions, metrics.json."""
+        if resume and out is None:
+            raise UserInputError("--resume needs --out: the run directory to continue")
         out = out or Path("runs") / f"{model}-{time.strftime('%Y%m%d-%H%M%S')}"
-        run_dir = train_model(model, store, out, split_subjects(subjects), sets)
-        console.print(f"trained {model}: {run_dir} (next: braindecode-cli evaluate {run_dir})")
+        run_dir = train_model(model, store, out, split_subjects(subjects), sets, resume=resume)
+        if os.environ.get("RANK", "0") == "0":  # one line, not one per data-parallel process
+            console.print(f"trained {model}: {run_dir} (next: braindecode-cli evaluate {run_dir})")

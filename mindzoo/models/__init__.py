@@ -1,9 +1,19 @@
 """The model zoo: a registry of model families, each with a pydantic config.
 
 Build a model with ``create_model("ridge", n_folds=5)``; ``list_models()`` shows the zoo.
-Importing this package registers every family.
+Importing this package registers every family. Torch decoders follow the interface of
+:mod:`mindzoo.models.base` (``decoder_class(name)`` returns their class).
 """
 
+from mindzoo.models.base import (
+    AdaptationContext,
+    AdaptationStrategy,
+    DecoderConfig,
+    FMRIDecoder,
+    Stage,
+    decoder_class,
+)
+from mindzoo.models.mindeye_mlp import MindEyeMLP, MindEyeMLPConfig
 from mindzoo.models.registry import (
     ModelInfo,
     create_model,
@@ -15,10 +25,18 @@ from mindzoo.models.registry import (
 from mindzoo.models.ridge import RidgeConfig, RidgeDecoder
 
 __all__ = [
+    "AdaptationContext",
+    "AdaptationStrategy",
+    "DecoderConfig",
+    "FMRIDecoder",
+    "MindEyeMLP",
+    "MindEyeMLPConfig",
     "ModelInfo",
     "RidgeConfig",
     "RidgeDecoder",
+    "Stage",
     "create_model",
+    "decoder_class",
     "get_model_info",
     "list_models",
     "make_config",

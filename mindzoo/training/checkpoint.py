@@ -1,0 +1,229 @@
+"""Checkpoints of torch decoders: what is saved, how it is reloaded, nothing unpickled.
+
+A checkpoint directory (``RUN/checkpoints/step-00000120/``)::
+
+    model.safetensors      the current weights (buffers included: target scaler, fitted clusters)
+    best.safetensors       the best-validation weights of the current stage (when there are any)
+    config.json            the run config: model name, settings, build spec (voxels per subject,
+                           target shapes), store; enough to rebuild the model without the store
+    optimizer.pt           {"optimizer": ..., "scheduler": ...} state dicts: tensors and plain
+                           numbers only, loaded with ``torch.load(weights_only=True)``
+    rng-rank<R>.safetensors  each process's torch (and CUDA) generator state
+    metrics.json           the loss history so far (per epoch: train and validation loss, lr)
+    trainer_state.json     stage, epoch, batch within the epoch, global step, early-stopping state,
+                           loss history; written last, so its presence marks a complete checkpoint
+
+Checkpoints are built in a hidden sibling and renamed into place, then older ones beyond
+``keep`` are removed: a kill at any moment leaves the previous complete checkpoint.
+A finished run directory has the same ``model.safetensors`` + ``config.json`` pair, so
+:func:`load_model` reads a run directory and a checkpoint directory alike.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from mindzoo.errors import UserInputError
+from mindzoo.models.base import FMRIDecoder, decoder_class
+from mindzoo.models.registry import make_config
+
+STATE_FILE = "trainer_state.json"
+_PREFIX = "step-"
+
+
+@dataclass
+class TrainerState:
+    """Where training stands; ``step_in_epoch`` batches of ``epoch`` are done."""
+
+    stage: int = 0
+    epoch: int = 0
+    step_in_epoch: int = 0
+    global_step: int = 0
+    best_val_loss: float | None = None
+    bad_epochs: int = 0
+    samples_seen: int = 0
+    epoch_loss_sum: float = 0.0  # running sums of the unfinished epoch, all processes together
+    epoch_samples: int = 0
+    train_seconds: float = 0.0
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+def write_json(path: Path, payload: Any) -> None:
+    """Write JSON atomically (temporary file, then rename)."""
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}")
+    tmp.write_text(json.dumps(payload, indent=2))
+    os.replace(tmp, path)
+
+
+def weights(model: nn.Module) -> dict[str, torch.Tensor]:
+    """A CPU copy of the model's state dict (parameters and buffers)."""
+    return {k: v.detach().to("cpu", copy=True).contiguous() for k, v in model.state_dict().items()}
+
+
+def save_weights(path: Path, state: dict[str, torch.Tensor]) -> None:
+    """Write a state dict as safetensors, atomically."""
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}")
+    save_file({k: v.contiguous() for k, v in state.items()}, str(tmp))
+    os.replace(tmp, path)
+
+
+def load_weights(path: Path, model: nn.Module) -> None:
+    """Load safetensors weights into ``model``; a mismatch names the file and the keys."""
+    state = load_file(str(path))
+    own = model.state_dict()
+    missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+    wrong = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
+    if missing or unexpected or wrong:
+        raise UserInputError(
+            f"Weights in {path} do not fit the model (missing {missing[:3]}, unexpected "
+            f"{unexpected[:3]}, wrong shape {wrong[:3]}); the checkpoint belongs to another config"
+        )
+    model.load_state_dict(state)
+
+
+def latest_checkpoint(root: Path) -> Path | None:
+    """The newest complete checkpoint under ``root`` (a run's ``checkpoints/``), or None."""
+    if not root.is_dir():
+        return None
+    complete = [
+        p for p in root.iterdir() if p.name.startswith(_PREFIX) and (p / STATE_FILE).is_file()
+    ]
+    return max(complete, key=lambda p: int(p.name[len(_PREFIX) :]), default=None)
+
+
+def save_checkpoint(
+    root: Path,
+    state: TrainerState,
+    model: nn.Module,
+    best: dict[str, torch.Tensor] | None,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    run_config: dict[str, Any],
+    keep: int,
+    rank: int = 0,
+    barrier: Any = None,
+) -> Path:
+    """Write one checkpoint of all processes; returns its directory.
+
+    Every process calls this; ``barrier`` (``accelerator.wait_for_everyone``) orders them:
+    rank 0 makes the directory, every rank writes its RNG state, rank 0 writes the rest,
+    renames the directory into place and prunes old checkpoints.
+    """
+    barrier = barrier or (lambda: None)
+    name = f"{_PREFIX}{state.global_step:08d}"
+    tmp = root / f".tmp-{name}"
+    if rank == 0:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    barrier()
+    save_weights(tmp / f"rng-rank{rank}.safetensors", _rng_state())
+    if rank == 0:
+        save_weights(tmp / "model.safetensors", weights(model))
+        if best is not None:
+            save_weights(tmp / "best.safetensors", best)
+        torch.save(
+            {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()},
+            tmp / "optimizer.pt",
+        )
+        write_json(tmp / "config.json", run_config)
+        write_json(
+            tmp / "metrics.json",
+            {
+                "global_step": state.global_step,
+                "best_val_loss": state.best_val_loss,
+                "history": state.history,
+            },
+        )
+    barrier()
+    if rank == 0:
+        write_json(tmp / STATE_FILE, asdict(state))
+        final = root / name
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+        older = sorted(
+            (p for p in root.iterdir() if p.name.startswith(_PREFIX) and p != final),
+            key=lambda p: int(p.name[len(_PREFIX) :]),
+        )
+        for stale in older[: max(0, len(older) - (keep - 1))]:
+            shutil.rmtree(stale, ignore_errors=True)
+    barrier()
+    return root / name
+
+
+def read_state(checkpoint: Path) -> TrainerState:
+    """The trainer state saved in ``checkpoint``."""
+    return TrainerState(**json.loads((checkpoint / STATE_FILE).read_text()))
+
+
+def read_best(checkpoint: Path) -> dict[str, torch.Tensor] | None:
+    """The best-validation weights saved in ``checkpoint``, if any."""
+    path = checkpoint / "best.safetensors"
+    return load_file(str(path)) if path.is_file() else None
+
+
+def load_optimizer(
+    checkpoint: Path,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+) -> None:
+    """Restore optimizer and scheduler state (tensors and numbers only, no code is unpickled)."""
+    saved = torch.load(checkpoint / "optimizer.pt", map_location="cpu", weights_only=True)
+    optimizer.load_state_dict(saved["optimizer"])
+    scheduler.load_state_dict(saved["scheduler"])
+
+
+def load_rng(checkpoint: Path, rank: int) -> None:
+    """Restore this process's generator states (dropout continues exactly where it stopped)."""
+    path = checkpoint / f"rng-rank{rank}.safetensors"
+    if not path.is_file():
+        raise UserInputError(
+            f"{path} is missing: the checkpoint was written by fewer processes; resume with the "
+            "same number of processes"
+        )
+    state = load_file(str(path))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(list(state["cuda"]))
+
+
+def _rng_state() -> dict[str, torch.Tensor]:
+    state = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.stack(torch.cuda.get_rng_state_all())
+    return state
+
+
+def build_model(run_config: dict[str, Any]) -> FMRIDecoder:
+    """A freshly initialised decoder of the architecture described by a run config."""
+    name = run_config["model"]
+    cls = decoder_class(name)
+    if cls is None:
+        raise UserInputError(f"Model '{name}' is not a torch decoder; it has no torch checkpoint")
+    config = make_config(name, **run_config["settings"]["model"])
+    spec = run_config["build"]
+    return cls(config, spec["n_voxels"], {k: tuple(v) for k, v in spec["target_shapes"].items()})
+
+
+def load_model(path: Path) -> FMRIDecoder:
+    """Rebuild a trained decoder from a run or checkpoint directory, in eval mode."""
+    path = Path(path)
+    config_path, weights_path = path / "config.json", path / "model.safetensors"
+    for needed in (config_path, weights_path):
+        if not needed.is_file():
+            raise UserInputError(
+                f"{needed} is missing; pass a run directory of `braindecode-cli train` or one of "
+                "its checkpoints/step-* directories"
+            )
+    model = build_model(json.loads(config_path.read_text()))
+    load_weights(weights_path, model)
+    return model.eval()
