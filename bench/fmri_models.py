@@ -29,7 +29,10 @@ from torch.utils.flop_counter import FlopCounterMode
 from mindzoo.cli.prepare import run_prepare
 from mindzoo.datasets.store import TensorStore
 from mindzoo.datasets.views import make_splits
+from mindzoo.evaluation.metrics import evaluate_features
 from mindzoo.evaluation.run import evaluate_run
+from mindzoo.models import create_model
+from mindzoo.training.adapt import adapt_model, adaptation_trials
 from mindzoo.training.checkpoint import load_model
 from mindzoo.training.run import train_model
 
@@ -108,6 +111,66 @@ def step_throughput(run: Path, store: Path, batch_size: int, steps: int = 30) ->
     }
 
 
+def data_efficiency(
+    store: Path,
+    work: Path,
+    held_out: str = "sub-04",
+    fractions: tuple[float, ...] = (0.05, 0.1, 0.25, 1.0),
+) -> dict:
+    """mindeye-mlp pre-trained without ``held_out``, adapted to it with the first ``fractions`` of
+    its training trials (NewSubjectLayer, `adapt` defaults), against ridge fitted on exactly the
+    same trials (its own grouped CV picks the penalty); test metrics of ``held_out``."""
+    opened = TensorStore.open(store)
+    sources = [s for s in opened.subjects if s != held_out]
+    start = time.perf_counter()
+    pre = train_model(
+        "mindeye-mlp", store, work / "pretrain", sources, overwrite=True, progress=False
+    )
+    result = {
+        "held_out": held_out,
+        "pretrained_on": sources,
+        "pretrain_seconds": round(time.perf_counter() - start, 2),
+        "fractions": {},
+    }
+    features = opened.features(SPACE, "global")
+    x_test, stim_test, _ = opened.split(held_out, "test", average_repeats=True)
+    true = features.get_orthogonal_selection((stim_test,)).reshape(len(stim_test), -1)
+    stim_of = opened.trials(held_out)["stimulus_index"].to_numpy()
+    signals = opened.signals(held_out)
+    for fraction in fractions:
+        start = time.perf_counter()
+        run = adapt_model(
+            pre,
+            store,
+            held_out,
+            work / f"adapt-{fraction}",
+            fraction=fraction,
+            overwrite=True,
+            progress=False,
+        )
+        adapt_seconds = time.perf_counter() - start
+        adapted = evaluate_run(run, run / "eval")["subjects"][held_out]
+        rows, _ = adaptation_trials(opened, held_out, fraction=fraction)
+        x = signals.get_orthogonal_selection((rows,))
+        stim = stim_of[rows]
+        start = time.perf_counter()
+        ridge = create_model("ridge").fit(x, features.get_orthogonal_selection((stim,)), stim)
+        ridge_seconds = time.perf_counter() - start
+        ridge_scores = evaluate_features(ridge.predict(x_test), true, SPACE)
+        result["fractions"][str(fraction)] = {
+            "n_trials": int(len(rows)),
+            "mindeye_mlp_adapted": {
+                **{m: round(adapted[f"{m}.{SPACE}"], 4) for m in METRICS},
+                "seconds": round(adapt_seconds, 2),
+            },
+            "ridge": {
+                **{m: round(ridge_scores[f"{m}.{SPACE}"], 4) for m in METRICS},
+                "seconds": round(ridge_seconds, 2),
+            },
+        }
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--store", type=Path, help="A prepared synthetic-fmri store.")
@@ -144,6 +207,7 @@ def main() -> None:
         }
     )
     results["mindeye_mlp_throughput"] = throughput
+    results["data_efficiency"] = data_efficiency(store, args.work / "data_efficiency")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2))
     print(json.dumps(results, indent=2))

@@ -13,6 +13,8 @@ from mindzoo.models.base import (
     Stage,
     decoder_class,
 )
+from mindzoo.models.brain_it import BrainIT, BrainITConfig
+from mindzoo.models.mindbridge import MindBridge, MindBridgeConfig
 from mindzoo.models.mindeye_mlp import MindEyeMLP, MindEyeMLPConfig
 from mindzoo.models.registry import (
     ModelInfo,
@@ -27,8 +29,12 @@ from mindzoo.models.ridge import RidgeConfig, RidgeDecoder
 __all__ = [
     "AdaptationContext",
     "AdaptationStrategy",
+    "BrainIT",
+    "BrainITConfig",
     "DecoderConfig",
     "FMRIDecoder",
+    "MindBridge",
+    "MindBridgeConfig",
     "MindEyeMLP",
     "MindEyeMLPConfig",
     "ModelInfo",

@@ -210,8 +210,9 @@ def build_model(run_config: dict[str, Any]) -> FMRIDecoder:
     if cls is None:
         raise UserInputError(f"Model '{name}' is not a torch decoder; it has no torch checkpoint")
     config = make_config(name, **run_config["settings"]["model"])
-    spec = run_config["build"]
-    return cls(config, spec["n_voxels"], {k: tuple(v) for k, v in spec["target_shapes"].items()})
+    spec = dict(run_config["build"])  # FamilyClass(config, **build_spec()) rebuilds it (base.py)
+    spec["target_shapes"] = {k: tuple(v) for k, v in spec["target_shapes"].items()}
+    return cls(config, **spec)
 
 
 def load_model(path: Path) -> FMRIDecoder:

@@ -1,0 +1,42 @@
+"""`braindecode-cli adapt CHECKPOINT --store STORE --subject SUB (--n-trials N | --fraction F)`.
+
+Adapts a pre-trained torch decoder to a subject it was not trained on, from the first N (or the
+first fraction F) of that subject's training trials; see :mod:`mindzoo.training.adapt`.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import typer
+from rich.console import Console
+
+from mindzoo.training.adapt import adapt_model
+
+console = Console()
+
+
+def register(app: typer.Typer) -> None:
+    @app.command()
+    def adapt(
+        checkpoint: Path = typer.Argument(
+            ..., help="Run directory of `train` (or one of its checkpoints/step-*)."
+        ),
+        store: Path = typer.Option(..., help="Store holding the new subject."),
+        subject: str = typer.Option(..., help="The new subject, e.g. sub-04 or 04."),
+        n_trials: int | None = typer.Option(
+            None, help="Use the subject's first N training trials (acquisition order)."
+        ),
+        fraction: float | None = typer.Option(
+            None, help="Use the first fraction F of the subject's training trials, 0 < F <= 1."
+        ),
+        out: Path | None = typer.Option(None, help="Run directory (default runs/adapt-SUB-TIME)."),
+        sets: list[str] = typer.Option(
+            [], "--set", help="Override trainer.* or data.val_fraction/split_seed: KEY=VALUE."
+        ),
+    ) -> None:
+        """Adapt a pre-trained decoder to a new subject; writes a run that `evaluate` reads."""
+        out = out or Path("runs") / f"adapt-{subject}-{time.strftime('%Y%m%d-%H%M%S')}"
+        run_dir = adapt_model(checkpoint, store, subject, out, n_trials, fraction, sets)
+        console.print(f"adapted to {subject}: {run_dir} (next: braindecode-cli evaluate {run_dir})")

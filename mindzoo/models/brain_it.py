@@ -1,0 +1,455 @@
+"""``brain-it``: Brain Interaction Transformer in miniature (after Beliy, Zalcher et al. 2025).
+
+Architecture (facts from the paper and WeizmannVision/brainit-fmri; sizes are ours)::
+
+    voxels y [B, V_subject]
+      x_v = y_v * e_v                     e_v: learned embedding of voxel v (per subject, [V, D])
+      --> voxel-to-cluster attention: cluster c's learned query attends to its member voxels only
+          (softmax over the members of c), plus a root term of the cluster's own embedding;
+          ReLU, LayerNorm  --> K brain tokens [B, K, D]     (clusters shared by all subjects)
+      --> n_blocks x ( self-attention over brain tokens;
+                       cross-attention from learned query tokens to the brain tokens )
+      --> per target a linear head on its query tokens  --> {target: [B, *shape]}
+
+Query tokens: a target of shape ``(L, C)`` (e.g. efficientnet-lite0 ``spatial`` [49, 320]) gets
+``L`` query tokens, one per feature location, read out by ``Linear(D, C)``; a target of shape
+``(C,)`` (``global`` [1280]) gets one query token of its own. The paper's semantic branch predicts
+256 OpenCLIP bigG patch tokens; here the patch-level target is efficientnet-lite0 ``spatial``.
+
+Functional clusters (the paper fits ``GaussianMixture(128)`` on L2-normalised embeddings of a
+trained universal brain encoder, jointly over all subjects' voxels). Here, at the start of the
+``bit`` stage, before any gradient step:
+
+1. *Voxel embeddings, closed form* (a linear universal encoder in miniature): the encoder target
+   (standardised, ``encoder_target``) is projected on its top ``D`` principal components over
+   the training trials, whitened; this basis is shared by all subjects. Each voxel's embedding is
+   its ridge regression weights from those ``D`` coordinates to its response
+   (``encoder_alpha * n_trials`` penalty), i.e. what the voxel encodes in one common space.
+2. *Clusters*: one ``sklearn.mixture.GaussianMixture`` (``n_clusters`` components) over the
+   L2-normalised embeddings of all subjects' voxels together; each voxel's most likely
+   component is kept in a buffer ``clusters.<subject>`` (saved with checkpoints).
+3. The learned voxel embeddings start as the encoder embeddings (scaled to mean norm 1) and
+   then train with the transformer.
+
+Loss, per target, averaged over targets: ``mse_weight * MSE + clip_weight * SoftCLIP`` (SoftCLIP
+on flattened rows, :func:`~mindzoo.models.mindeye_mlp.soft_clip_loss`). The paper's low-level
+branch (VGG features + Deep Image Prior) is not built; a low-level target can be trained by
+adding it to ``data.targets`` (e.g. ``low: pixels/global``), with the same MSE + contrastive
+loss.
+
+New subjects (:class:`NearestVoxelAdaptation`, the paper's transfer recipe): the new voxels'
+encoder embeddings are fitted on the new subject's adaptation trials with the stored basis;
+each new voxel joins the cluster of its nearest existing voxel (cosine) and its learned
+embedding starts as a copy of that voxel's; only the new subject's voxel embeddings train.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+from torch import nn
+
+from mindzoo.errors import UserInputError
+from mindzoo.models.base import (
+    AdaptationContext,
+    AdaptationStrategy,
+    DecoderConfig,
+    FMRIDecoder,
+    Stage,
+    flat_size,
+    freeze_all_but,
+    register_decoder,
+)
+from mindzoo.models.mindeye_mlp import soft_clip_loss
+
+if TYPE_CHECKING:
+    from mindzoo.datasets.views import FMRIDataset
+
+_READ_CHUNK = 512  # trials read at once while fitting the encoder embeddings
+
+
+class BrainITConfig(DecoderConfig):
+    """Architecture, clustering and loss of :class:`BrainIT` (optimisation is TrainerConfig)."""
+
+    embed_dim: int = Field(64, ge=4, description="Voxel embedding and token width D (paper 512).")
+    n_clusters: int | None = Field(
+        None, ge=1, description="Functional clusters; None: min(32, all voxels // 50) (paper 128)."
+    )
+    n_heads: int = Field(4, ge=1, description="Attention heads (must divide embed_dim).")
+    n_blocks: int = Field(2, ge=1, description="Self- + cross-attention blocks (paper 5).")
+    mlp_ratio: float = Field(2.0, gt=0, description="Hidden width of block MLPs / embed_dim.")
+    dropout: float = Field(0.1, ge=0, lt=1, description="Dropout in attention and MLPs.")
+    encoder_target: str | None = Field(
+        None, description="Target whose features fit the voxel embeddings; None: the first."
+    )
+    encoder_alpha: float = Field(
+        1.0, gt=0, description="Ridge penalty of the embedding fit, per training trial."
+    )
+    covariance_type: str = Field(
+        "diag", pattern="^(full|tied|diag|spherical)$", description="GaussianMixture covariance."
+    )
+    cluster_seed: int = Field(0, description="Seed of the Gaussian mixture fit.")
+    mse_weight: float = Field(1.0, ge=0, description="Weight of the MSE term.")
+    clip_weight: float = Field(1.0, ge=0, description="Weight of the SoftCLIP term.")
+    clip_temperature: float = Field(0.1, gt=0, description="SoftCLIP softmax temperature.")
+
+
+def default_cluster_count(total_voxels: int) -> int:
+    """Clusters scaled to the data: ``min(32, total_voxels // 50)``, at least 1."""
+    return max(1, min(32, total_voxels // 50))
+
+
+class _SubjectBuffers(nn.Module):
+    """One buffer per subject (state-dict keys ``<owner>.<subject>``)."""
+
+    def get(self, subject: str) -> torch.Tensor:
+        return getattr(self, subject)
+
+
+class VoxelClusterPooling(nn.Module):
+    """Voxel-to-cluster attention: ``x_v = y_v e_v`` pooled into one token per cluster.
+
+    For head ``h`` the score of voxel ``v`` in its cluster ``c`` is ``q_{c,h} . (W_k x_v)_h /
+    sqrt(d)``; the softmax runs over the members of ``c`` only (a scatter softmax), and the token
+    is ``W_r q_c + sum_v a_v (W_v x_v)``. Since ``x_v`` is a scalar times ``e_v``, keys and values
+    are ``y_v W e_v`` and ``W e_v`` is computed once per forward, not per trial.
+    """
+
+    def __init__(self, dim: int, n_clusters: int, n_heads: int) -> None:
+        super().__init__()
+        self.n_clusters, self.n_heads, self.head_dim = n_clusters, n_heads, dim // n_heads
+        self.cluster_queries = nn.Parameter(torch.randn(n_clusters, dim) * dim**-0.5)
+        self.key = nn.Linear(dim, dim, bias=False)
+        self.value = nn.Linear(dim, dim, bias=False)
+        self.root = nn.Linear(dim, dim)
+        self.norm = nn.LayerNorm(dim)
+
+    def forward(
+        self, voxels: torch.Tensor, embeddings: torch.Tensor, clusters: torch.Tensor
+    ) -> torch.Tensor:
+        """``voxels [B, V]``, ``embeddings [V, D]``, ``clusters [V]`` (long) -> ``[B, K, D]``."""
+        batch, n_vox = voxels.shape
+        heads, d = self.n_heads, self.head_dim
+        keys = self.key(embeddings).view(n_vox, heads, d)
+        values = self.value(embeddings).view(n_vox, heads, d)
+        queries = self.cluster_queries.view(self.n_clusters, heads, d)[clusters]  # [V, H, d]
+        affinity = (queries * keys).sum(-1) / math.sqrt(d)  # [V, H]
+        scores = voxels.unsqueeze(-1) * affinity  # [B, V, H]
+        index = clusters.view(1, n_vox, 1).expand(batch, n_vox, heads)
+        shape = (batch, self.n_clusters, heads)
+        peak = scores.new_full(shape, -torch.inf).scatter_reduce(
+            1, index, scores, "amax", include_self=True
+        )
+        weights = torch.exp(scores - peak.detach().gather(1, index))
+        total = scores.new_zeros(shape).scatter_add(1, index, weights)
+        weights = weights / total.gather(1, index)  # softmax within each cluster
+        contributions = (weights * voxels.unsqueeze(-1)).unsqueeze(-1) * values  # [B, V, H, d]
+        pooled = contributions.new_zeros(batch, self.n_clusters, heads, d)
+        pooled.index_add_(1, clusters, contributions)
+        tokens = self.root(self.cluster_queries) + pooled.flatten(2)
+        return self.norm(F.relu(tokens))
+
+
+class _Block(nn.Module):
+    """Self-attention over brain tokens, then cross-attention from the query tokens to them."""
+
+    def __init__(self, dim: int, heads: int, mlp_ratio: float, dropout: float) -> None:
+        super().__init__()
+        hidden = max(1, round(dim * mlp_ratio))
+        self.norm_self = nn.LayerNorm(dim)
+        self.self_attn = nn.MultiheadAttention(dim, heads, dropout=dropout, batch_first=True)
+        self.brain_mlp = _mlp(dim, hidden, dropout)
+        self.norm_query = nn.LayerNorm(dim)
+        self.norm_memory = nn.LayerNorm(dim)
+        self.cross_attn = nn.MultiheadAttention(dim, heads, dropout=dropout, batch_first=True)
+        self.query_mlp = _mlp(dim, hidden, dropout)
+
+    def forward(
+        self, brain: torch.Tensor, queries: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        x = self.norm_self(brain)
+        brain = brain + self.self_attn(x, x, x, need_weights=False)[0]
+        brain = brain + self.brain_mlp(brain)
+        memory = self.norm_memory(brain)
+        queries = (
+            queries
+            + self.cross_attn(self.norm_query(queries), memory, memory, need_weights=False)[0]
+        )
+        queries = queries + self.query_mlp(queries)
+        return brain, queries
+
+
+def _mlp(dim: int, hidden: int, dropout: float) -> nn.Sequential:
+    return nn.Sequential(
+        nn.LayerNorm(dim),
+        nn.Linear(dim, hidden),
+        nn.GELU(),
+        nn.Dropout(dropout),
+        nn.Linear(hidden, dim),
+    )
+
+
+def _token_layout(shape: Sequence[int]) -> tuple[int, int]:
+    """(query tokens, channels per token) of a target: ``(L, C)`` -> (L, C), ``(C,)`` -> (1, C)."""
+    if len(shape) == 2:
+        return int(shape[0]), int(shape[1])
+    return 1, flat_size(shape)
+
+
+class BrainIT(FMRIDecoder):
+    """Voxel embeddings -> cluster tokens -> self/cross-attention blocks -> per-target heads."""
+
+    config_cls = BrainITConfig
+    config: BrainITConfig
+
+    def __init__(
+        self,
+        config: BrainITConfig,
+        n_voxels: Mapping[str, int],
+        target_shapes: Mapping[str, Sequence[int]],
+        n_clusters: int | None = None,
+    ) -> None:
+        """``n_clusters`` (from :meth:`build_spec`) fixes the cluster count of a rebuilt model,
+        whose voxel total may have grown by adaptation; otherwise the config's or the default."""
+        super().__init__(config, n_voxels, target_shapes)
+        dim = config.embed_dim
+        if dim % config.n_heads:
+            raise UserInputError(
+                f"model.embed_dim={dim} is not divisible by model.n_heads={config.n_heads}"
+            )
+        encoder_target = config.encoder_target or next(iter(self.target_shapes))
+        if encoder_target not in self.target_shapes:
+            raise UserInputError(
+                f"model.encoder_target={encoder_target!r} is not a target of this model "
+                f"(targets: {', '.join(self.target_shapes)})"
+            )
+        self.encoder_target = encoder_target
+        self.n_clusters = (
+            n_clusters or config.n_clusters or default_cluster_count(sum(self.n_voxels.values()))
+        )
+        self.voxel_embeddings = nn.ParameterDict(
+            {s: nn.Parameter(torch.randn(v, dim) * dim**-0.5) for s, v in self.n_voxels.items()}
+        )
+        # Fitted, not learnt (start of the `bit` stage): the shared whitened PCA basis of the
+        # encoder target, each voxel's encoder embedding and its cluster. Until the fit, voxels
+        # are dealt round-robin to clusters so that an unfitted model still runs.
+        self.register_buffer(
+            "encoder_basis", torch.zeros(flat_size(self.target_shapes[encoder_target]), dim)
+        )
+        self.encoder_embeddings = _SubjectBuffers()
+        self.clusters = _SubjectBuffers()
+        for subject, count in self.n_voxels.items():
+            self._add_subject_buffers(subject, count)
+        self.pooling = VoxelClusterPooling(dim, self.n_clusters, config.n_heads)
+        layouts = {name: _token_layout(shape) for name, shape in self.target_shapes.items()}
+        self.query_tokens = nn.ParameterDict(
+            {name: nn.Parameter(torch.randn(n, dim) * 0.02) for name, (n, _) in layouts.items()}
+        )
+        self.blocks = nn.ModuleList(
+            _Block(dim, config.n_heads, config.mlp_ratio, config.dropout)
+            for _ in range(config.n_blocks)
+        )
+        self.norm = nn.LayerNorm(dim)
+        self.heads = nn.ModuleDict({name: nn.Linear(dim, c) for name, (_, c) in layouts.items()})
+
+    def _add_subject_buffers(self, subject: str, count: int) -> None:
+        device = self.encoder_basis.device
+        self.encoder_embeddings.register_buffer(
+            subject, torch.zeros(count, self.config.embed_dim, device=device)
+        )
+        self.clusters.register_buffer(subject, torch.arange(count, device=device) % self.n_clusters)
+
+    def build_spec(self) -> dict[str, Any]:
+        """The base spec plus the cluster count (adaptation adds voxels, not clusters)."""
+        return {**super().build_spec(), "n_clusters": self.n_clusters}
+
+    # ----------------------------------------------------------------------- model
+    def forward(self, voxels: torch.Tensor, subject: str) -> dict[str, torch.Tensor]:
+        self.check_input(voxels, subject)
+        brain = self.pooling(
+            voxels, self.voxel_embeddings[subject], self.clusters.get(subject)
+        )  # [B, K, D]
+        names = list(self.query_tokens)
+        sizes = [self.query_tokens[n].shape[0] for n in names]
+        queries = torch.cat([self.query_tokens[n] for n in names]).expand(len(voxels), -1, -1)
+        for block in self.blocks:
+            brain, queries = block(brain, queries)
+        queries = self.norm(queries)
+        out = {}
+        for name, part in zip(names, queries.split(sizes, dim=1), strict=True):
+            out[name] = self.heads[name](part).reshape(len(voxels), *self.target_shapes[name])
+        return out
+
+    def loss(
+        self, outputs: Mapping[str, torch.Tensor], targets: Mapping[str, torch.Tensor]
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        cfg = self.config
+        mse = torch.stack(
+            [F.mse_loss(outputs[k].float(), targets[k].float()) for k in outputs]
+        ).mean()
+        total = cfg.mse_weight * mse
+        logs = {"mse": float(mse.detach())}
+        if cfg.clip_weight > 0:
+            clip = torch.stack(
+                [soft_clip_loss(outputs[k], targets[k], cfg.clip_temperature) for k in outputs]
+            ).mean()
+            total = total + cfg.clip_weight * clip
+            logs["soft_clip"] = float(clip.detach())
+        return total, logs
+
+    # ------------------------------------------------------------------ stages
+    def stages(self) -> list[Stage]:
+        """One gradient stage, ``bit``; embeddings and clusters are fitted when it starts."""
+        return [Stage("bit")]
+
+    def start_stage(self, stage: Stage, train: FMRIDataset, resuming: bool) -> None:
+        """``bit``: fit encoder embeddings and clusters (unless resuming), train everything.
+
+        Other stages (adaptation's) keep what the adaptation strategy set trainable.
+        """
+        if stage.name != "bit":
+            return
+        if not resuming:
+            self.fit_clusters(train)
+        for parameter in self.parameters():
+            parameter.requires_grad_(True)
+
+    @torch.no_grad()
+    def fit_clusters(self, train: FMRIDataset) -> None:
+        """Stage 1 + clustering: encoder basis and embeddings, the joint GMM, embedding init."""
+        from sklearn.mixture import GaussianMixture  # only needed here; slow to import
+
+        missing = [s for s in self.subjects if s not in train.subjects]
+        if missing:
+            raise UserInputError(f"Training data has no trials of {', '.join(missing)}")
+        self.encoder_basis.copy_(self._fit_basis(train))
+        embeddings = {s: self.encode_voxels(train, s) for s in self.subjects}
+        for subject, values in embeddings.items():
+            self.encoder_embeddings.get(subject).copy_(values)
+        joint = F.normalize(torch.cat(list(embeddings.values())), dim=1).double().cpu().numpy()
+        n_components = min(self.n_clusters, len(joint))
+        mixture = GaussianMixture(
+            n_components,
+            covariance_type=self.config.covariance_type,
+            random_state=self.config.cluster_seed,
+            reg_covar=1e-4,
+        ).fit(joint)
+        labels = torch.from_numpy(mixture.predict(joint).astype(np.int64))
+        for subject, part in zip(
+            self.subjects, labels.split([self.n_voxels[s] for s in self.subjects]), strict=True
+        ):
+            self.clusters.get(subject).copy_(part)
+        scale = torch.cat(list(embeddings.values())).norm(dim=1).mean().clamp_min(1e-8)
+        for subject, values in embeddings.items():
+            self.voxel_embeddings[subject].copy_(values / scale)
+
+    def _encoder_rows(
+        self, train: FMRIDataset, subject: str
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """``(voxels [n, V], standardised encoder target [n, F])`` of ``subject`` in chunks."""
+        rows = train.subject_slice(subject)
+        device = self.encoder_basis.device
+        for begin in range(rows.start, rows.stop, _READ_CHUNK):
+            batch = train.batch(range(begin, min(begin + _READ_CHUNK, rows.stop))).to(device)
+            target = self.target_scaler.transform(
+                {self.encoder_target: batch.targets[self.encoder_target]}
+            )[self.encoder_target]
+            yield batch.voxels.double(), target.flatten(1).double()
+
+    def _fit_basis(self, train: FMRIDataset) -> torch.Tensor:
+        """Top-D principal axes of the standardised encoder target, scaled to whiten: [F, D]."""
+        size = self.encoder_basis.shape[0]
+        gram = torch.zeros(size, size, dtype=torch.float64, device=self.encoder_basis.device)
+        count = 0
+        for subject in self.subjects:
+            for _, target in self._encoder_rows(train, subject):
+                gram += target.T @ target
+                count += len(target)
+        eigenvalues, vectors = torch.linalg.eigh(gram / max(count, 1))
+        dim = self.config.embed_dim
+        top = eigenvalues.flip(0)[:dim].clamp_min(1e-8)
+        basis = torch.zeros(size, dim, dtype=torch.float64, device=gram.device)
+        kept = min(dim, size)
+        basis[:, :kept] = vectors.flip(1)[:, :kept] / top[:kept].sqrt()
+        return basis.float()
+
+    @torch.no_grad()
+    def encode_voxels(self, train: FMRIDataset, subject: str) -> torch.Tensor:
+        """Encoder embeddings ``[V, D]`` of ``subject``'s voxels: ridge weights from the whitened
+        basis coordinates of the encoder target to each voxel's response on ``train``."""
+        dim = self.config.embed_dim
+        basis = self.encoder_basis.double()
+        zz = torch.zeros(dim, dim, dtype=torch.float64, device=basis.device)
+        zy, count = 0.0, 0
+        for voxels, target in self._encoder_rows(train, subject):
+            z = target @ basis
+            zz += z.T @ z
+            zy = zy + z.T @ voxels
+            count += len(z)
+        penalty = self.config.encoder_alpha * max(count, 1)
+        eye = torch.eye(dim, dtype=torch.float64, device=basis.device)
+        return torch.linalg.solve(zz + penalty * eye, zy).T.float()
+
+    # -------------------------------------------------------------- new subjects
+    def add_subject(self, subject: str, encoder_embeddings: torch.Tensor) -> torch.Tensor:
+        """Add ``subject`` with the given encoder embeddings ``[V, D]``.
+
+        Each new voxel joins the cluster of its nearest existing voxel (cosine similarity of
+        encoder embeddings) and its learned embedding starts as that voxel's. Returns the
+        nearest voxels as indices into the source subjects' voxels concatenated in order.
+        """
+        if subject in self.n_voxels:
+            raise UserInputError(f"Subject {subject} is already in this model")
+        sources = self.subjects
+        bank = F.normalize(torch.cat([self.encoder_embeddings.get(s) for s in sources]), dim=1)
+        learned = torch.cat([self.voxel_embeddings[s].detach() for s in sources])
+        clusters = torch.cat([self.clusters.get(s) for s in sources])
+        nearest = (F.normalize(encoder_embeddings.to(bank), dim=1) @ bank.T).argmax(dim=1)
+        self._add_subject_buffers(subject, len(encoder_embeddings))
+        self.encoder_embeddings.get(subject).copy_(encoder_embeddings)
+        self.clusters.get(subject).copy_(clusters[nearest])
+        self.voxel_embeddings[subject] = nn.Parameter(learned[nearest].clone())
+        self.n_voxels[subject] = len(encoder_embeddings)
+        return nearest
+
+    def adaptation_strategy(self) -> NearestVoxelAdaptation:
+        return NearestVoxelAdaptation()
+
+
+class NearestVoxelAdaptation(AdaptationStrategy):
+    """Brain-IT transfer: new voxels join their nearest existing voxel's cluster; only the new
+    subject's voxel embeddings train (the transformer, clusters and queries stay frozen).
+
+    The nearest neighbour is searched among encoder embeddings; the new voxels' encoder
+    embeddings are fitted on the adaptation trials only (never the test stimuli).
+    """
+
+    name = "nearest-voxel"
+
+    def prepare(self, model: FMRIDecoder, context: AdaptationContext) -> None:
+        if not isinstance(model, BrainIT):
+            raise TypeError(f"NearestVoxelAdaptation adapts BrainIT, got {type(model).__name__}")
+        if context.subject not in context.train.subjects:
+            raise UserInputError(f"No adaptation trials of {context.subject}")
+        embeddings = model.encode_voxels(context.train, context.subject)
+        if embeddings.shape[0] != context.n_voxels:
+            raise UserInputError(
+                f"{context.subject}: {embeddings.shape[0]} voxels in the adaptation trials, "
+                f"expected {context.n_voxels}"
+            )
+        model.add_subject(context.subject, embeddings)
+        freeze_all_but(model, [model.voxel_embeddings[context.subject]])
+
+
+register_decoder(
+    "brain-it",
+    BrainIT,
+    "Brain-IT: voxel embeddings, shared GMM functional clusters, cluster-token transformer with "
+    "per-location query tokens; MSE + SoftCLIP",
+)

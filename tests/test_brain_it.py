@@ -1,0 +1,258 @@
+"""brain-it: shapes, cluster fit, member-only attention pooling, training, CLI, adaptation."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from safetensors.numpy import load_file
+from sklearn.mixture import GaussianMixture
+from test_cli import TINY, cli, sets
+from test_views import TOY_TARGETS, TOY_VOXELS, write_toy_store
+
+from mindzoo.datasets.store import TensorStore
+from mindzoo.datasets.views import FMRIDataset, make_splits
+from mindzoo.errors import UserInputError
+from mindzoo.models import create_model
+from mindzoo.models.base import AdaptationContext, Stage
+from mindzoo.models.brain_it import (
+    BrainIT,
+    BrainITConfig,
+    NearestVoxelAdaptation,
+    VoxelClusterPooling,
+    default_cluster_count,
+)
+from mindzoo.training import checkpoint as ckpt
+from mindzoo.training.trainer import Trainer, TrainerConfig, predict, seed_everything
+
+SHAPES = {"global": (5,), "spatial": (3, 4)}
+TOY_SHAPES = {"global": (8,), "spatial": (4, 3)}
+SMALL = BrainITConfig(embed_dim=8, n_clusters=4, n_heads=2, n_blocks=1, dropout=0.0)
+
+
+def test_forward_shapes_and_input_checks() -> None:
+    model = BrainIT(SMALL, {"sub-01": 7, "sub-02": 11}, SHAPES)
+    out = model(torch.randn(4, 7), "sub-01")
+    assert {k: tuple(v.shape) for k, v in out.items()} == {"global": (4, 5), "spatial": (4, 3, 4)}
+    assert model(torch.randn(2, 11), "sub-02")["spatial"].shape == (2, 3, 4)
+    # one query token per spatial location plus one for the global vector
+    assert {k: tuple(v.shape) for k, v in model.query_tokens.items()} == {
+        "global": (1, 8),
+        "spatial": (3, 8),
+    }
+    with pytest.raises(UserInputError, match=r"Expected voxels \[B, 7\] for sub-01"):
+        model(torch.randn(4, 11), "sub-01")
+    with pytest.raises(UserInputError, match="not divisible"):
+        BrainIT(SMALL.model_copy(update={"n_heads": 3}), {"sub-01": 7}, SHAPES)
+    with pytest.raises(UserInputError, match="encoder_target='pixels'"):
+        BrainIT(SMALL.model_copy(update={"encoder_target": "pixels"}), {"sub-01": 7}, SHAPES)
+
+
+def test_default_cluster_count_scales_with_voxels() -> None:
+    assert [default_cluster_count(n) for n in (10, 75, 1000, 4962, 60000)] == [1, 1, 20, 32, 32]
+    model = BrainIT(BrainITConfig(), {"a": 1397, "b": 1105}, SHAPES)
+    assert model.n_clusters == 32 and model.pooling.cluster_queries.shape == (32, 64)
+    assert create_model("brain-it").n_clusters == 32  # NSD-sized reference subject
+
+
+def _reference_pooling(
+    pool: VoxelClusterPooling, voxels: torch.Tensor, emb: torch.Tensor, clusters: torch.Tensor
+) -> torch.Tensor:
+    """The pooling written as an explicit loop over clusters and heads."""
+    heads, d = pool.n_heads, pool.head_dim
+    x = voxels.unsqueeze(-1) * emb  # [B, V, D]
+    keys, values = pool.key(x), pool.value(x)
+    tokens = []
+    for c in range(pool.n_clusters):
+        members = clusters == c
+        parts = []
+        for h in range(heads):
+            part = slice(h * d, (h + 1) * d)
+            q = pool.cluster_queries[c, part]
+            if members.any():
+                scores = keys[:, members, part] @ q / d**0.5  # [B, n_members]
+                parts.append((scores.softmax(-1).unsqueeze(-1) * values[:, members, part]).sum(1))
+            else:
+                parts.append(torch.zeros(len(voxels), d))
+        tokens.append(torch.cat(parts, -1) + pool.root(pool.cluster_queries[c]))
+    return pool.norm(F.relu(torch.stack(tokens, 1)))
+
+
+def test_pooling_attends_to_cluster_members_only() -> None:
+    torch.manual_seed(0)
+    pool = VoxelClusterPooling(dim=8, n_clusters=4, n_heads=2)
+    voxels, emb = torch.randn(3, 10), torch.randn(10, 8)
+    clusters = torch.tensor([0, 0, 1, 1, 1, 2, 2, 0, 1, 2])  # cluster 3 has no member
+    tokens = pool(voxels, emb, clusters)
+    assert tokens.shape == (3, 4, 8)
+    torch.testing.assert_close(tokens, _reference_pooling(pool, voxels, emb, clusters))
+    # changing voxel 5 (cluster 2) changes token 2 and no other token
+    perturbed = voxels.clone()
+    perturbed[:, 5] += 3.0
+    moved = (pool(perturbed, emb, clusters) - tokens).abs().amax(dim=(0, 2))
+    assert moved[2] > 1e-3
+    assert torch.equal(moved[[0, 1, 3]], torch.zeros(3))
+
+
+def _toy_splits(tmp_path: Path, subjects: list[str]) -> tuple[TensorStore, dict[str, FMRIDataset]]:
+    store = write_toy_store(tmp_path / "store")
+    return store, make_splits(store, subjects, TOY_TARGETS)
+
+
+def _fit(model: BrainIT, splits: dict[str, FMRIDataset], **kwargs) -> list[dict]:
+    config = TrainerConfig(epochs=15, batch_size=16, lr=1e-2, device="cpu", patience=None)
+    return (
+        Trainer(config).fit(model, splits["train"], splits["val"], progress=False, **kwargs).history
+    )
+
+
+def _source_model(splits: dict[str, FMRIDataset], subjects: list[str]) -> BrainIT:
+    seed_everything(0)
+    model = BrainIT(SMALL, {s: TOY_VOXELS[s] for s in subjects}, TOY_SHAPES)
+    model.target_scaler.fit(splits["train"].target_statistics())
+    return model
+
+
+def test_clusters_are_fitted_jointly_on_encoder_embeddings(tmp_path: Path) -> None:
+    subjects = list(TOY_VOXELS)
+    _, splits = _toy_splits(tmp_path, subjects)
+    model = _source_model(splits, subjects)
+    model.start_stage(Stage("bit"), splits["train"], resuming=False)
+    train = splits["train"]
+    basis = model.encoder_basis.double().numpy()
+    embeddings = []
+    for subject in subjects:
+        batch = train.batch(range(*train.subject_slice(subject).indices(len(train))))
+        target = model.target_scaler.transform(batch.targets)["global"].double().numpy()
+        z, y = target @ basis, batch.voxels.double().numpy()
+        # the whitened basis gives coordinates of unit variance over all training trials
+        expected = np.linalg.solve(z.T @ z + 1.0 * len(z) * np.eye(8), z.T @ y).T
+        got = model.encoder_embeddings.get(subject).double().numpy()
+        np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-6)
+        embeddings.append(expected)
+    joint = np.concatenate(embeddings)
+    joint /= np.linalg.norm(joint, axis=1, keepdims=True)
+    labels = GaussianMixture(4, covariance_type="diag", random_state=0, reg_covar=1e-4)
+    labels = labels.fit(joint).predict(joint)
+    fitted = torch.cat([model.clusters.get(s) for s in subjects]).numpy()
+    np.testing.assert_array_equal(fitted, labels)
+    # every voxel of every subject has a cluster; clusters mix subjects
+    assert [len(model.clusters.get(s)) for s in subjects] == list(TOY_VOXELS.values())
+    owner = np.repeat(np.arange(3), list(TOY_VOXELS.values()))
+    assert max(len(np.unique(owner[fitted == c])) for c in range(4)) >= 2
+    # the learned embeddings start as the encoder embeddings, scaled to mean norm 1
+    start = torch.cat([model.voxel_embeddings[s].detach() for s in subjects])
+    assert float(start.norm(dim=1).mean()) == pytest.approx(1.0, rel=1e-5)
+    assert all(p.requires_grad for p in model.parameters())
+    # resuming keeps the fitted state (it comes from the checkpoint)
+    state = ckpt.weights(model)
+    model.encoder_basis.zero_()
+    model.start_stage(Stage("bit"), splits["train"], resuming=True)
+    assert float(model.encoder_basis.abs().sum()) == 0.0
+    model.load_state_dict(state)
+
+
+def test_training_lowers_the_loss_and_a_checkpoint_reloads(tmp_path: Path) -> None:
+    subjects = ["sub-01", "sub-02"]
+    _, splits = _toy_splits(tmp_path, subjects)
+    model = _source_model(splits, subjects)
+    history = _fit(model, splits)
+    assert history[-1]["val_loss"] < 0.7 * history[0]["val_loss"]
+    run = tmp_path / "run"
+    run.mkdir()
+    ckpt.write_json(
+        run / "config.json",
+        {
+            "model": "brain-it",
+            "settings": {"model": SMALL.model_dump()},
+            "build": model.build_spec(),
+        },
+    )
+    ckpt.save_weights(run / "model.safetensors", ckpt.weights(model))
+    reloaded = ckpt.load_model(run)
+    a, b = predict(model, splits["test"]), predict(reloaded, splits["test"])
+    for subject in subjects:
+        for target in TOY_SHAPES:
+            np.testing.assert_array_equal(a[subject][target], b[subject][target])
+        assert torch.equal(reloaded.clusters.get(subject), model.clusters.get(subject))
+
+
+def test_adaptation_trains_only_the_new_voxel_embeddings(tmp_path: Path) -> None:
+    store, source = _toy_splits(tmp_path, ["sub-01", "sub-02"])
+    model = _source_model(source, ["sub-01", "sub-02"])
+    _fit(model, source)
+    before = ckpt.weights(model)
+
+    new = make_splits(store, ["sub-03"], TOY_TARGETS)
+    strategy = model.adaptation_strategy()
+    assert isinstance(strategy, NearestVoxelAdaptation)
+    strategy.prepare(model, AdaptationContext("sub-03", 25, new["train"], {}))
+    trainable = {name for name, p in model.named_parameters() if p.requires_grad}
+    assert trainable == {"voxel_embeddings.sub-03"}
+    # each new voxel sits in the cluster of its nearest source voxel and starts as its copy
+    bank = torch.cat([model.encoder_embeddings.get(s) for s in ("sub-01", "sub-02")])
+    new_emb = model.encoder_embeddings.get("sub-03")
+    assert new_emb.abs().sum() > 0
+    nearest = (F.normalize(new_emb, dim=1) @ F.normalize(bank, dim=1).T).argmax(1)
+    source_clusters = torch.cat([model.clusters.get(s) for s in ("sub-01", "sub-02")])
+    assert torch.equal(model.clusters.get("sub-03"), source_clusters[nearest])
+    learned = torch.cat([model.voxel_embeddings[s].detach() for s in ("sub-01", "sub-02")])
+    initial = model.voxel_embeddings["sub-03"].detach().clone()
+    assert torch.equal(initial, learned[nearest])
+
+    history = _fit(model, new, stages=strategy.stages(model))
+    after = ckpt.weights(model)
+    assert all(torch.equal(before[k], after[k]) for k in before)  # everything shared: bit-identical
+    assert not torch.equal(initial, model.voxel_embeddings["sub-03"])
+    assert history[-1]["val_loss"] < history[0]["val_loss"]
+    spec = model.build_spec()
+    assert spec["n_voxels"] == {"sub-01": 20, "sub-02": 30, "sub-03": 25}
+    # the adapted model rebuilds from its spec (cluster count kept) and predicts the same
+    rebuilt = BrainIT(SMALL.model_copy(update={"n_clusters": None}), **spec)
+    rebuilt.load_state_dict(after)
+    a, b = predict(model, new["test"]), predict(rebuilt, new["test"])
+    np.testing.assert_allclose(a["sub-03"]["global"], b["sub-03"]["global"], rtol=1e-5, atol=1e-6)
+
+
+# --- on the tiny synthetic-fmri store, through the CLI -------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("brainit") / "store"
+    assert cli("prepare", "synthetic-fmri", "--out", str(out), "--seed", "3", *sets(TINY)) == 0
+    return out
+
+
+def test_cli_train_evaluate_beats_chance_and_reloads(tiny_store: Path) -> None:
+    run = tiny_store.parent / "run"
+    # 2 subjects x 54 trials: batches of 16 give each of the default 20 epochs 8 steps
+    small_batches = sets(["trainer.batch_size=16"])
+    assert (
+        cli("train", "brain-it", "--store", str(tiny_store), "--out", str(run), *small_batches) == 0
+    )
+    config = json.loads((run / "config.json").read_text())
+    assert config["build"]["target_shapes"] == {"spatial": [49, 320], "global": [1280]}
+    predictions = load_file(str(run / "predictions.safetensors"))
+    assert predictions["sub-01/test_pred"].shape == (8, 1280)
+    assert predictions["sub-01/outputs/spatial"].shape == (8, 49, 320)
+    np.testing.assert_array_equal(
+        predictions["sub-01/test_pred"], predictions["sub-01/outputs/global"]
+    )
+    out = run / "eval"
+    assert cli("evaluate", str(run), "--out", str(out)) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["model"] == "brain-it"
+    # chance: top-1 1/8, two-way 0.5
+    assert metrics["mean"]["retrieval_top1.efficientnet-lite0"] >= 0.25
+    assert metrics["mean"]["two_way_id.efficientnet-lite0"] > 0.65
+
+    model = ckpt.load_model(run)
+    store = TensorStore.open(tiny_store)
+    test = make_splits(store, config["subjects"], {"global": "efficientnet-lite0/global"})["test"]
+    for subject, outputs in predict(model, test).items():
+        np.testing.assert_array_equal(outputs["global"], predictions[f"{subject}/test_pred"])
