@@ -68,7 +68,7 @@ from mindzoo.models.base import (
     freeze_all_but,
     register_decoder,
 )
-from mindzoo.models.mindeye_mlp import soft_clip_loss
+from mindzoo.models.mindeye_mlp import target_loss
 
 
 class MindBridgeConfig(DecoderConfig):
@@ -218,17 +218,9 @@ class MindBridge(FMRIDecoder):
         self, outputs: Mapping[str, torch.Tensor], targets: Mapping[str, torch.Tensor]
     ) -> tuple[torch.Tensor, dict[str, float]]:
         cfg = self.config
-        mse = torch.stack(
-            [F.mse_loss(outputs[k].float(), targets[k].float()) for k in outputs]
-        ).mean()
-        total = cfg.mse_weight * mse
-        logs = {"mse": float(mse.detach())}
-        if cfg.clip_weight > 0:
-            clip = torch.stack(
-                [soft_clip_loss(outputs[k], targets[k], cfg.clip_temperature) for k in outputs]
-            ).mean()
-            total = total + cfg.clip_weight * clip
-            logs["soft_clip"] = float(clip.detach())
+        total, logs = target_loss(
+            outputs, targets, cfg.mse_weight, cfg.clip_weight, cfg.clip_temperature
+        )
         weights = {"voxel_rec": cfg.rec_weight, "cycle": cfg.cycle_weight}
         auxiliary, self._auxiliary = self._auxiliary, {}
         for name, value in auxiliary.items():

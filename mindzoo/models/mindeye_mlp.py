@@ -69,6 +69,26 @@ def soft_clip_loss(pred: torch.Tensor, target: torch.Tensor, temperature: float)
     return (forward + backward) / 2
 
 
+def target_loss(
+    outputs: Mapping[str, torch.Tensor],
+    targets: Mapping[str, torch.Tensor],
+    mse_weight: float,
+    clip_weight: float,
+    clip_temperature: float,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """MSE + SoftCLIP on standardised targets, each averaged over the targets; with logs."""
+    mse = torch.stack([F.mse_loss(outputs[k].float(), targets[k].float()) for k in outputs]).mean()
+    total = mse_weight * mse
+    logs = {"mse": float(mse.detach())}
+    if clip_weight > 0:
+        clip = torch.stack(
+            [soft_clip_loss(outputs[k], targets[k], clip_temperature) for k in outputs]
+        ).mean()
+        total = total + clip_weight * clip
+        logs["soft_clip"] = float(clip.detach())
+    return total, logs
+
+
 class _ResidualBlock(nn.Module):
     def __init__(self, width: int, dropout: float) -> None:
         super().__init__()
@@ -121,17 +141,9 @@ class MindEyeMLP(FMRIDecoder):
         self, outputs: Mapping[str, torch.Tensor], targets: Mapping[str, torch.Tensor]
     ) -> tuple[torch.Tensor, dict[str, float]]:
         cfg = self.config
-        mse = torch.stack(
-            [F.mse_loss(outputs[k].float(), targets[k].float()) for k in outputs]
-        ).mean()
-        total = cfg.mse_weight * mse
-        logs = {"mse": float(mse.detach())}
-        if cfg.clip_weight > 0:
-            clip = torch.stack(
-                [soft_clip_loss(outputs[k], targets[k], cfg.clip_temperature) for k in outputs]
-            ).mean()
-            total = total + cfg.clip_weight * clip
-            logs["soft_clip"] = float(clip.detach())
+        total, logs = target_loss(
+            outputs, targets, cfg.mse_weight, cfg.clip_weight, cfg.clip_temperature
+        )
         return total, logs
 
     def add_subject(self, subject: str, n_voxels: int) -> None:
