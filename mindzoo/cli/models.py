@@ -7,6 +7,7 @@ from rich.console import Console
 from rich.table import Table
 
 from mindzoo.models import create_model, list_models
+from mindzoo.models.base import REFERENCE_N_VOXELS, REFERENCE_TARGET_SHAPES
 
 console = Console()
 
@@ -15,7 +16,12 @@ def register(app: typer.Typer) -> None:
     @app.command()
     def models() -> None:
         """List the models `train` knows, with their parameter counts where fixed."""
-        table = Table(title="mindzoo models")
+        voxels = sum(REFERENCE_N_VOXELS.values())
+        targets = ", ".join(f"{k} {list(v)}" for k, v in REFERENCE_TARGET_SHAPES.items())
+        table = Table(
+            title="mindzoo models",
+            caption=f"torch decoders counted for one subject of {voxels:,} voxels -> {targets}",
+        )
         for column in ("name", "parameters", "description"):
             table.add_column(column)
         for info in list_models():
