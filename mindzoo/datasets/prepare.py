@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -81,16 +79,8 @@ def _simulated_source(
 
     key = config_hash({"dataset": spec.name, "simulator": simulator})[:12]
     target = store_dir / "raw" / f"{spec.name}-{key}"
-    if (target / "dataset_description.json").is_file():
-        return target
-    tmp = target.with_name(f".tmp-{target.name}-{uuid.uuid4().hex[:8]}")
-    try:
-        simulate_bids(tmp, SyntheticFMRIConfig(**simulator), progress=progress)
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    if not (target / "dataset_description.json").is_file():  # simulate_bids renames into place
+        simulate_bids(target, SyntheticFMRIConfig(**simulator), progress=progress)
     return target
 
 

@@ -37,15 +37,13 @@ Adapting is not resumable: it is short; re-run it.
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import uuid
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from safetensors.numpy import save_file
 
+from mindzoo.atomic import atomic_directory
 from mindzoo.config import apply_overrides, validate
 from mindzoo.datasets.store import TensorStore
 from mindzoo.datasets.views import (
@@ -327,10 +325,7 @@ def _write_run(
             "history": state.history,
         },
     }
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".tmp-{out.name}-{uuid.uuid4().hex[:8]}")
-    tmp.mkdir()
-    try:
+    with atomic_directory(out) as tmp:  # `adapt_model` refused a non-empty `out` unless overwrite
         ckpt.save_weights(tmp / "model.safetensors", ckpt.weights(model))
         save_file(
             {k: np.ascontiguousarray(v) for k, v in predictions.items()},
@@ -338,8 +333,3 @@ def _write_run(
         )
         ckpt.write_json(tmp / "config.json", config)
         ckpt.write_json(tmp / "metrics.json", metrics)
-        if out.exists() and overwrite:
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)

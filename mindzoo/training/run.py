@@ -28,7 +28,6 @@ import json
 import os
 import shutil
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +36,7 @@ from pydantic import BaseModel, ConfigDict
 from safetensors.numpy import save_file
 from tqdm.auto import tqdm
 
+from mindzoo.atomic import atomic_directory
 from mindzoo.config import apply_overrides, configs_dir, load_yaml, validate
 from mindzoo.datasets.store import TensorStore
 from mindzoo.datasets.views import DataConfig, FMRIDataset, make_splits, parse_target
@@ -143,10 +143,7 @@ def _fit_per_subject(
     features = np.asarray(store.features(settings.feature_space, settings.feature_kind)[...])
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise UserInputError(f"Run directory {out} exists and is not empty; choose another --out")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".tmp-{out.name}-{uuid.uuid4().hex[:8]}")
-    tmp.mkdir()
-    try:
+    with atomic_directory(out) as tmp:
         weights, predictions, metrics = {}, {}, {}
         for subject in tqdm(chosen, desc=f"train {name}", disable=not progress):
             start = time.perf_counter()
@@ -175,11 +172,6 @@ def _fit_per_subject(
         (tmp / "metrics.json").write_text(
             json.dumps({"dataset": store.dataset, "model": name, "subjects": metrics}, indent=2)
         )
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return out
 
 
