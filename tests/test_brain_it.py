@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from safetensors.numpy import load_file
 from sklearn.mixture import GaussianMixture
 from test_cli import TINY, cli, sets
+from test_trainer import run_ddp
 from test_views import TOY_TARGETS, TOY_VOXELS, write_toy_store
 
 from mindzoo.datasets.store import TensorStore
@@ -256,3 +257,46 @@ def test_cli_train_evaluate_beats_chance_and_reloads(tiny_store: Path) -> None:
     test = make_splits(store, config["subjects"], {"global": "efficientnet-lite0/global"})["test"]
     for subject, outputs in predict(model, test).items():
         np.testing.assert_array_equal(outputs["global"], predictions[f"{subject}/test_pred"])
+
+
+_DDP_SCRIPT = """
+import json, sys, torch
+from pathlib import Path
+torch.set_num_threads(1)
+from test_views import TOY_TARGETS, TOY_VOXELS
+from mindzoo.datasets.store import TensorStore
+from mindzoo.datasets.views import make_splits
+from mindzoo.models.brain_it import BrainIT, BrainITConfig
+from mindzoo.training.trainer import Trainer, TrainerConfig, seed_everything
+
+store, out = TensorStore.open(sys.argv[1]), sys.argv[2]
+splits = make_splits(store, list(TOY_VOXELS), TOY_TARGETS)
+trainer = Trainer(TrainerConfig(epochs=3, batch_size=16, lr=3e-3, device="cpu", patience=None))
+seed_everything(0)
+config = BrainITConfig(
+    embed_dim=8, n_clusters=4, n_heads=2, n_blocks=1, dropout=0.0, clip_weight=0.0
+)
+model = BrainIT(config, TOY_VOXELS, {"global": (8,), "spatial": (4, 3)})
+model.target_scaler.fit(splits["train"].target_statistics())
+state = trainer.fit(model, splits["train"], splits["val"], progress=False)
+if trainer.accelerator.is_main_process:
+    result = {"history": state.history, "world": trainer.accelerator.num_processes}
+    Path(out + ".json").write_text(json.dumps(result))
+"""
+
+
+@pytest.mark.slow
+def test_two_process_cpu_ddp_matches_one_process(tmp_path: Path) -> None:
+    # per-subject train/val sizes are multiples of 16, so each global batch splits evenly;
+    # SoftCLIP is off because its in-batch negatives differ between one batch of 16 and two of 8
+    store = write_toy_store(tmp_path / "store", n_train=48, n_val=16)
+    results = run_ddp(_DDP_SCRIPT, store.path, tmp_path, port_base=29510)
+    histories = {}
+    for world, result in results.items():
+        assert result["world"] == world
+        histories[world] = result["history"]
+    assert len(histories[1]) == len(histories[2]) == 3
+    for one, two in zip(histories[1], histories[2], strict=True):
+        assert two["train_loss"] == pytest.approx(one["train_loss"], rel=1e-4)
+        assert two["val_loss"] == pytest.approx(one["val_loss"], rel=1e-4)
+    assert histories[1][-1]["train_loss"] < histories[1][0]["train_loss"]

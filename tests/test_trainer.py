@@ -243,27 +243,30 @@ if trainer.accelerator.is_main_process:
 """
 
 
-@pytest.mark.slow
-def test_two_process_cpu_ddp_matches_one_process(tmp_path: Path) -> None:
-    # every subject's train and val sizes are multiples of 16, so each global batch splits evenly
-    store = write_toy_store(tmp_path / "store", n_train=48, n_val=16)
+def run_ddp(script_text: str, store_path: Path, tmp_path: Path, port_base: int) -> dict[int, dict]:
+    """Run `script_text STORE OUT` under torch.distributed.run with 1 and 2 CPU processes.
+
+    The script writes OUT.json; returns {world size: that JSON}.
+    """
     script = tmp_path / "ddp_train.py"
-    script.write_text(textwrap.dedent(_DDP_SCRIPT))
+    script.write_text(script_text)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), *sys.path])}
     results = {}
     for world in (1, 2):
         out = str(tmp_path / f"world{world}")
         launch = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(world)]
-        launch += ["--master_port", str(29500 + world)]
-        proc = subprocess.run(
-            [*launch, str(script), str(store.path), out],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
+        launch += ["--master_port", str(port_base + world), str(script), str(store_path), out]
+        proc = subprocess.run(launch, env=env, capture_output=True, text=True, timeout=300)
         assert proc.returncode == 0, proc.stderr[-3000:]
         results[world] = json.loads(Path(out + ".json").read_text())
+    return results
+
+
+@pytest.mark.slow
+def test_two_process_cpu_ddp_matches_one_process(tmp_path: Path) -> None:
+    # every subject's train and val sizes are multiples of 16, so each global batch splits evenly
+    store = write_toy_store(tmp_path / "store", n_train=48, n_val=16)
+    results = run_ddp(textwrap.dedent(_DDP_SCRIPT), store.path, tmp_path, port_base=29500)
     assert results[1]["world"] == 1 and results[2]["world"] == 2
     for one, two in zip(results[1]["history"], results[2]["history"], strict=True):
         assert two["train_loss"] == pytest.approx(one["train_loss"], rel=1e-4)
