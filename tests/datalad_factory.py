@@ -12,8 +12,8 @@ import contextlib
 import logging
 import os
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
+from unittest import mock
 
 # OpenNeuro's rules, plus "annex everything else" (its default is by size).
 GITATTRIBUTES = """\
@@ -32,19 +32,9 @@ _IDENTITY = {
 }
 
 
-@contextlib.contextmanager
-def git_identity() -> Iterator[None]:
+def git_identity() -> contextlib.AbstractContextManager:
     """A git identity for the test's commits, whatever the machine has configured."""
-    saved = {key: os.environ.get(key) for key in _IDENTITY}
-    os.environ.update(_IDENTITY)
-    try:
-        yield
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+    return mock.patch.dict(os.environ, _IDENTITY)
 
 
 def make_datalad_dataset(root: Path) -> str:

@@ -236,34 +236,11 @@ def test_failed_prepare_keeps_the_existing_store(tmp_path: Path) -> None:
     source = tmp_path / "bids"
     write_bids_fmri(source, n_subjects=1, n_sessions=1, n_runs=2, n_train_per_run=3, seed=1)
     out = tmp_path / "store"
-    assert (
-        cli(
-            "prepare",
-            "bids-fmri",
-            "--source",
-            str(source),
-            "--out",
-            str(out),
-            "--set",
-            "features=[]",
-        )
-        == 0
-    )
+    prepare = ("prepare", "bids-fmri", "--source", str(source), "--out", str(out))
+    assert cli(*prepare, "--set", "features=[]") == 0
     before = sorted(str(p.relative_to(out)) for p in out.rglob("*"))
     image = nib.load(bold_path(source))
     nib.save(image.slicer[..., 0], bold_path(source))  # now 3D: the next prepare must fail
-    assert (
-        cli(
-            "prepare",
-            "bids-fmri",
-            "--source",
-            str(source),
-            "--out",
-            str(out),
-            "--set",
-            "features=[]",
-        )
-        == 2
-    )
+    assert cli(*prepare, "--set", "features=[]") == 2
     assert sorted(str(p.relative_to(out)) for p in out.rglob("*")) == before
     assert cli("verify", str(out)) == 0
