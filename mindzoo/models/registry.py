@@ -22,6 +22,9 @@ class ModelInfo:
 
     ``count_parameters`` takes a built model and returns its number of trainable parameters;
     it is ``None`` for models that are not torch modules (e.g. ridge, whose size depends on data).
+    ``train_fn`` is for families with their own training loop (not a store-to-image-feature
+    decoder): ``train_fn(store_path, out, subjects, overrides, resume, progress) -> run dir``;
+    `train` calls it instead of the decoder path.
     """
 
     name: str
@@ -29,6 +32,7 @@ class ModelInfo:
     config_cls: type[BaseModel]
     factory: Callable[[BaseModel], Any]
     count_parameters: Callable[[Any], int] | None = None
+    train_fn: Callable[..., Any] | None = None
 
 
 _REGISTRY: dict[str, ModelInfo] = {}
@@ -40,11 +44,12 @@ def register_model(
     description: str,
     factory: Callable[[BaseModel], Any],
     count_parameters: Callable[[Any], int] | None = None,
+    train_fn: Callable[..., Any] | None = None,
 ) -> ModelInfo:
     """Add a model family to the zoo; ``factory(config)`` must return a new model."""
     if name in _REGISTRY:
         raise ValueError(f"Model '{name}' is already registered")
-    info = ModelInfo(name, description, config_cls, factory, count_parameters)
+    info = ModelInfo(name, description, config_cls, factory, count_parameters, train_fn)
     _REGISTRY[name] = info
     return info
 

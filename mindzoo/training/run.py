@@ -114,8 +114,19 @@ def train_model(
     """Train model `name` on the store's training split; returns the run directory `out`.
 
     ``resume`` continues a torch decoder's run in `out` from its newest checkpoint (and starts
-    one when `out` has none); the settings must be those the run started with.
+    one when `out` has none); the settings must be those the run started with. Families with
+    their own loop (``train_fn`` in the registry, e.g. diffusion or du-in stages) take over here.
     """
+    own_loop = get_model_info(name).train_fn
+    if own_loop is not None:
+        return own_loop(
+            store_path=Path(store_path),
+            out=Path(out),
+            subjects=subjects,
+            overrides=overrides or [],
+            resume=resume,
+            progress=progress,
+        )
     settings = resolve_train_settings(name, overrides or [])
     store = TensorStore.open(store_path)
     chosen = _pick_subjects(store, subjects)
