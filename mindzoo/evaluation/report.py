@@ -24,6 +24,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from mindzoo.errors import UserInputError
+from mindzoo.evaluation.image_metrics import DISTANCE_COLUMNS, LITE0_COLUMNS, STANDARD_COLUMNS
 from mindzoo.evaluation.metrics import pearson_matrix
 
 N_AXIAL_SLICES = 5
@@ -128,6 +129,78 @@ def _summary_table(subjects: dict[str, dict], mean: dict) -> list[str]:
     if mean:
         rows.append("| **mean** | " + " | ".join(_format(mean.get(k, "")) for k in keys) + " |")
     return rows
+
+
+# ---------------------------------------------------------------------- reconstruction
+def reconstruction_section(rows: list[tuple[str, dict]], grid_png: Path | None) -> str:
+    """Markdown for the reconstruction part of a report.
+
+    ``rows`` are ``(label, metrics)`` pairs: a label such as ``"brain-it sub-01"`` and the dict
+    returned by :func:`mindzoo.evaluation.image_metrics.reconstruction_metrics`.
+    Renders the field's 8-column table (PixCorr, SSIM, Alex(2), Alex(5), Incep, CLIP, Eff, SwAV;
+    blank cells where a backbone was unavailable, with the reasons listed below it), a second
+    table with the offline efficientnet-lite0 columns (and retrieval, when present), and the
+    comparison grid ``grid_png`` (embedded as given: pass it relative to the report).
+    """
+    if not rows:
+        raise UserInputError("reconstruction_section needs at least one (label, metrics) row")
+    for label, metrics in rows:
+        missing = [c for c in (*STANDARD_COLUMNS, *LITE0_COLUMNS) if c not in metrics]
+        if missing:
+            raise UserInputError(
+                f"Reconstruction metrics for {label!r} lack {', '.join(missing)}; "
+                "pass the dict returned by reconstruction_metrics"
+            )
+    extra = list(dict.fromkeys(k for _, m in rows for k in m if k.startswith("retrieval ")))
+    lines = [
+        "## Reconstruction",
+        "",
+        "Metrics as defined by MindEye2's `final_evaluations`: PixCorr, SSIM and the two-way "
+        "identification columns Alex(2), Alex(5), Incep and CLIP (chance 0.5) are higher-is-"
+        "better; Eff and SwAV are mean correlation distances, lower is better.",
+        "",
+        *_recon_table(rows, STANDARD_COLUMNS),
+    ]
+    notes = _blank_column_notes(rows)
+    if notes:
+        lines += ["", "Blank columns:"]
+        lines += [f"- {', '.join(columns)}: {why}" for why, columns in notes.items()]
+    lines += [
+        "",
+        "Offline metric space (efficientnet-lite0, ships with mindzoo; retrieval: top-1 by "
+        "cosine similarity of predicted vs true embeddings, chance 1/n up to 300 items):",
+        "",
+        *_recon_table(rows, (*LITE0_COLUMNS, *extra)),
+    ]
+    if grid_png is not None:
+        lines += [
+            "",
+            f"![Reconstructions: ground truth first, then one row per model and subject]"
+            f"({Path(grid_png).as_posix()})",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def _recon_table(rows: list[tuple[str, dict]], columns) -> list[str]:
+    arrows = [("↓" if c in DISTANCE_COLUMNS or c.endswith("distance") else "↑") for c in columns]
+    header = " | ".join(f"{c} {a}" for c, a in zip(columns, arrows, strict=True))
+    table = [f"| model | {header} |", "|---" + "|---:" * len(columns) + "|"]
+    for label, metrics in rows:
+        cells = ["" if metrics.get(c) is None else _format(metrics[c]) for c in columns]
+        table.append(f"| {label} | " + " | ".join(cells) + " |")
+    return table
+
+
+def _blank_column_notes(rows: list[tuple[str, dict]]) -> dict[str, list[str]]:
+    """``{reason: [columns]}`` over all rows, columns in table order."""
+    notes: dict[str, list[str]] = {}
+    for column in STANDARD_COLUMNS:
+        for _, metrics in rows:
+            if metrics.get(column) is None:
+                why = metrics.get("notes", {}).get(column, "not computed")
+                if column not in notes.setdefault(why, []):
+                    notes[why].append(column)
+    return notes
 
 
 # ---------------------------------------------------------------------------- figures

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from mindzoo.errors import UserInputError
+from mindzoo.features.clip import clip_features
 from mindzoo.features.efficientnet_lite import efficientnet_lite0_features
 from mindzoo.features.pixels import pixel_features
 
@@ -41,6 +42,14 @@ FEATURE_SPACES: dict[str, FeatureSpace] = {
             "head, spatial float16 [n, 49, 320] last-block 7x7 tokens"
         ),
         compute=efficientnet_lite0_features,
+    ),
+    "clip": FeatureSpace(
+        name="clip",
+        description=(
+            "CLIP from local weights ($MINDZOO_CLIP_WEIGHTS): global = image_embeds float32 "
+            "[n, d_proj] projected embedding, tokens float16 [n, n_tokens, d_hidden] last hidden state"
+        ),
+        compute=clip_features,
     ),
 }
 
