@@ -25,6 +25,7 @@ from mindzoo.models.brain_it import (
     BrainITConfig,
     NearestVoxelAdaptation,
     VoxelClusterPooling,
+    _unpatchify,
     default_cluster_count,
 )
 from mindzoo.training import checkpoint as ckpt
@@ -32,7 +33,9 @@ from mindzoo.training.trainer import Trainer, TrainerConfig, predict, seed_every
 
 SHAPES = {"global": (5,), "spatial": (3, 4)}
 TOY_SHAPES = {"global": (8,), "spatial": (4, 3)}
-SMALL = BrainITConfig(embed_dim=8, n_clusters=4, n_heads=2, n_blocks=1, dropout=0.0)
+SMALL = BrainITConfig(
+    embed_dim=8, n_clusters=4, n_heads=2, n_blocks=1, dropout=0.0, adapt_neighbours=3
+)
 
 
 def test_forward_shapes_and_input_checks() -> None:
@@ -51,6 +54,20 @@ def test_forward_shapes_and_input_checks() -> None:
         BrainIT(SMALL.model_copy(update={"n_heads": 3}), {"sub-01": 7}, SHAPES)
     with pytest.raises(UserInputError, match="encoder_target='pixels'"):
         BrainIT(SMALL.model_copy(update={"encoder_target": "pixels"}), {"sub-01": 7}, SHAPES)
+
+
+def test_image_target_gets_one_query_token_per_patch_read_out_in_place() -> None:
+    model = BrainIT(SMALL, {"sub-01": 7}, {"global": (5,), "lowlevel": (28, 28, 3)})
+    assert tuple(model.query_tokens["lowlevel"].shape) == (49, 8)  # 7 x 7 patches of 4 x 4
+    assert model.heads["lowlevel"].out_features == 4 * 4 * 3
+    assert model(torch.randn(2, 7), "sub-01")["lowlevel"].shape == (2, 28, 28, 3)
+    # token k (row-major patch grid) holds the pixels of patch (k // 7, k % 7), row-major inside
+    tokens = torch.zeros(1, 49, 48)
+    tokens[0, 7 * 2 + 5] = torch.arange(48, dtype=torch.float32)
+    image = _unpatchify(tokens, (28, 28, 3))[0]
+    patch = image[8:12, 20:24]
+    assert torch.equal(patch.reshape(-1), torch.arange(48, dtype=torch.float32))
+    assert image.abs().sum() == patch.abs().sum()
 
 
 def test_default_cluster_count_scales_with_voxels() -> None:
@@ -194,16 +211,22 @@ def test_adaptation_trains_only_the_new_voxel_embeddings(tmp_path: Path) -> None
     strategy.prepare(model, AdaptationContext("sub-03", 25, new["train"], {}))
     trainable = {name for name, p in model.named_parameters() if p.requires_grad}
     assert trainable == {"voxel_embeddings.sub-03"}
-    # each new voxel sits in the cluster of its nearest source voxel and starts as its copy
+    # each new voxel sits in the cluster most of its k nearest source voxels are in and starts
+    # as their similarity-weighted average (k = adapt_neighbours = 3 here)
     bank = torch.cat([model.encoder_embeddings.get(s) for s in ("sub-01", "sub-02")])
     new_emb = model.encoder_embeddings.get("sub-03")
     assert new_emb.abs().sum() > 0
-    nearest = (F.normalize(new_emb, dim=1) @ F.normalize(bank, dim=1).T).argmax(1)
+    similarity = F.normalize(new_emb, dim=1) @ F.normalize(bank, dim=1).T
+    order = similarity.argsort(dim=1, descending=True)[:, :3]
     source_clusters = torch.cat([model.clusters.get(s) for s in ("sub-01", "sub-02")])
-    assert torch.equal(model.clusters.get("sub-03"), source_clusters[nearest])
     learned = torch.cat([model.voxel_embeddings[s].detach() for s in ("sub-01", "sub-02")])
     initial = model.voxel_embeddings["sub-03"].detach().clone()
-    assert torch.equal(initial, learned[nearest])
+    for voxel in range(25):
+        counts = np.bincount(source_clusters[order[voxel]].numpy(), minlength=4)
+        assert model.clusters.get("sub-03")[voxel] == counts.argmax()
+        weights = torch.softmax(similarity[voxel, order[voxel]] / 0.05, dim=0)
+        expected = (weights[:, None] * learned[order[voxel]]).sum(0)
+        torch.testing.assert_close(initial[voxel], expected)
 
     history = _fit(model, new, stages=strategy.stages(model))
     after = ckpt.weights(model)

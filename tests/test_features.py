@@ -84,11 +84,23 @@ def test_efficientnet_is_deterministic_and_batch_size_invariant(small_images):
 
 def test_pixels_are_the_image_in_unit_range(small_images):
     features = compute_features("pixels", small_images, progress=False)
-    assert set(features) == {"global"}
+    assert set(features) == {"global", "lowres"}
     pixels = features["global"]
     assert pixels.shape == (5, 40 * 48 * 3) and pixels.dtype == np.float32
     assert pixels.min() >= 0.0 and pixels.max() <= 1.0
     np.testing.assert_array_equal(np.round(pixels[3] * 255).reshape(40, 48, 3), small_images[3])
+    lowres = features["lowres"]
+    assert lowres.shape == (5, 28, 28, 3) and lowres.dtype == np.float32
+    # area average: the image mean survives the resize (up to uint8 rounding per pixel)
+    assert abs(lowres[3].mean() - small_images[3].mean() / 255) < 2 / 255
+
+
+def test_lowres_of_a_block_image_keeps_its_blocks():
+    image = np.zeros((1, 56, 56, 3), dtype=np.uint8)
+    image[0, :28, :28] = 200  # top-left quadrant bright
+    lowres = compute_features("pixels", image, progress=False)["lowres"][0]
+    np.testing.assert_allclose(lowres[:14, :14], 200 / 255, atol=1e-6)
+    np.testing.assert_allclose(lowres[14:, 14:], 0.0, atol=1e-6)
 
 
 def test_feature_spaces_registry_lists_both_spaces():

@@ -32,7 +32,10 @@ class FeatureSpace:
 FEATURE_SPACES: dict[str, FeatureSpace] = {
     "pixels": FeatureSpace(
         name="pixels",
-        description="raw RGB pixels in [0, 1]: global float32 [n, h*w*3]",
+        description=(
+            "raw RGB pixels in [0, 1]: global float32 [n, h*w*3]; lowres float32 [n, 28, 28, 3] "
+            "(area average, the low-level reconstruction target)"
+        ),
         compute=pixel_features,
     ),
     "efficientnet-lite0": FeatureSpace(

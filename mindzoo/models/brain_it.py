@@ -13,8 +13,10 @@ Architecture (facts from the paper and WeizmannVision/brainit-fmri; sizes are ou
 
 Query tokens: a target of shape ``(L, C)`` (e.g. efficientnet-lite0 ``spatial`` [49, 320]) gets
 ``L`` query tokens, one per feature location, read out by ``Linear(D, C)``; a target of shape
-``(C,)`` (``global`` [1280]) gets one query token of its own. The paper's semantic branch predicts
-256 OpenCLIP bigG patch tokens; here the patch-level target is efficientnet-lite0 ``spatial``.
+``(C,)`` (``global`` [1280]) gets one query token of its own, and an image ``(H, W, 3)`` (the
+low-level target ``pixels/lowres`` [28, 28, 3]) one query token per 4 x 4 patch, read out as that
+patch's pixels. The paper's semantic branch predicts 256 OpenCLIP bigG patch tokens; here the
+patch-level target is efficientnet-lite0 ``spatial``.
 
 Functional clusters (the paper fits ``GaussianMixture(128)`` on L2-normalised embeddings of a
 trained universal brain encoder, jointly over all subjects' voxels). Here, at the start of the
@@ -32,15 +34,15 @@ trained universal brain encoder, jointly over all subjects' voxels). Here, at th
    then train with the transformer.
 
 Loss, per target, averaged over targets: ``mse_weight * MSE + clip_weight * SoftCLIP`` (SoftCLIP
-on flattened rows, :func:`~mindzoo.models.mindeye_mlp.soft_clip_loss`). The paper's low-level
-branch (VGG features + Deep Image Prior) is not built; a low-level target can be trained by
-adding it to ``data.targets`` (e.g. ``low: pixels/global``), with the same MSE + contrastive
-loss.
+on flattened rows, :func:`~mindzoo.models.mindeye_mlp.soft_clip_loss`). The low-level branch
+predicts a 28 x 28 image (``lowlevel: pixels/lowres`` in the preset's ``data.targets``) with
+the same MSE + contrastive loss; `reconstruct` starts denoising from it. The paper's low-level
+branch predicts VGG features and inverts them with a Deep Image Prior, which is not built.
 
 New subjects (:class:`NearestVoxelAdaptation`, the paper's transfer recipe): the new voxels'
 encoder embeddings are fitted on the new subject's adaptation trials with the stored basis;
-each new voxel joins the cluster of its nearest existing voxel (cosine) and its learned
-embedding starts as a copy of that voxel's; only the new subject's voxel embeddings train.
+each new voxel joins the cluster its nearest existing voxels (cosine) vote for, its learned
+embedding starts as their weighted average; only the new subject's voxel embeddings train.
 """
 
 from __future__ import annotations
@@ -98,6 +100,12 @@ class BrainITConfig(DecoderConfig):
     mse_weight: float = Field(1.0, ge=0, description="Weight of the MSE term.")
     clip_weight: float = Field(1.0, ge=0, description="Weight of the SoftCLIP term.")
     clip_temperature: float = Field(0.1, gt=0, description="SoftCLIP softmax temperature.")
+    adapt_neighbours: int = Field(
+        20, ge=1, description="Source voxels that vote on a new voxel's cluster and seed it."
+    )
+    adapt_temperature: float = Field(
+        0.05, gt=0, description="Softmax temperature (cosine) of the neighbours' seed weights."
+    )
 
 
 def default_cluster_count(total_voxels: int) -> int:
@@ -195,11 +203,38 @@ def _mlp(dim: int, hidden: int, dropout: float) -> nn.Sequential:
     )
 
 
+def _patch_size(height: int, width: int, max_tokens: int = 64) -> int:
+    """Smallest patch side dividing both image sides with at most ``max_tokens`` patches."""
+    for side in range(1, min(height, width) + 1):
+        if (
+            height % side == 0
+            and width % side == 0
+            and (height // side) * (width // side) <= max_tokens
+        ):
+            return side
+    raise UserInputError(f"Cannot cut a {height} x {width} image target into patches")
+
+
 def _token_layout(shape: Sequence[int]) -> tuple[int, int]:
-    """(query tokens, channels per token) of a target: ``(L, C)`` -> (L, C), ``(C,)`` -> (1, C)."""
+    """(query tokens, channels per token) of a target: ``(L, C)`` -> (L, C), ``(C,)`` -> (1, C),
+    an image ``(H, W, C)`` -> one token per ``p x p`` patch, ``p * p * C`` values each."""
+    if len(shape) == 3:
+        height, width, channels = (int(v) for v in shape)
+        side = _patch_size(height, width)
+        return (height // side) * (width // side), side * side * channels
     if len(shape) == 2:
         return int(shape[0]), int(shape[1])
     return 1, flat_size(shape)
+
+
+def _unpatchify(tokens: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
+    """``[B, L, p*p*C]`` patch tokens (row-major patch grid) -> ``[B, *shape]``."""
+    if len(shape) != 3:
+        return tokens.reshape(len(tokens), *shape)
+    height, width, channels = (int(v) for v in shape)
+    side = _patch_size(height, width)
+    grid = tokens.reshape(len(tokens), height // side, width // side, side, side, channels)
+    return grid.permute(0, 1, 3, 2, 4, 5).reshape(len(tokens), height, width, channels)
 
 
 class BrainIT(FMRIDecoder):
@@ -283,7 +318,7 @@ class BrainIT(FMRIDecoder):
         queries = self.norm(queries)
         out = {}
         for name, part in zip(names, queries.split(sizes, dim=1), strict=True):
-            out[name] = self.heads[name](part).reshape(len(voxels), *self.target_shapes[name])
+            out[name] = _unpatchify(self.heads[name](part), self.target_shapes[name])
         return out
 
     def loss(
@@ -392,9 +427,13 @@ class BrainIT(FMRIDecoder):
     def add_subject(self, subject: str, encoder_embeddings: torch.Tensor) -> torch.Tensor:
         """Add ``subject`` with the given encoder embeddings ``[V, D]``.
 
-        Each new voxel joins the cluster of its nearest existing voxel (cosine similarity of
-        encoder embeddings) and its learned embedding starts as that voxel's. Returns the
-        nearest voxels as indices into the source subjects' voxels concatenated in order.
+        A new voxel's ``adapt_neighbours`` nearest source voxels (cosine similarity of encoder
+        embeddings) vote on its cluster (majority; ties to the lower cluster index), and its
+        learned embedding starts as their learned embeddings averaged with softmax weights
+        (``adapt_temperature``). With few trials a voxel's encoder embedding is noisy: one
+        nearest neighbour is often in the wrong cluster, a vote of twenty rarely is (the
+        10%-data adaptation on synthetic-fmri, docs/decisions.md). Returns the neighbours as
+        indices ``[V, k]`` into the source subjects' voxels concatenated in order, best first.
         """
         if subject in self.n_voxels:
             raise UserInputError(f"Subject {subject} is already in this model")
@@ -402,13 +441,18 @@ class BrainIT(FMRIDecoder):
         bank = F.normalize(torch.cat([self.encoder_embeddings.get(s) for s in sources]), dim=1)
         learned = torch.cat([self.voxel_embeddings[s].detach() for s in sources])
         clusters = torch.cat([self.clusters.get(s) for s in sources])
-        nearest = (F.normalize(encoder_embeddings.to(bank), dim=1) @ bank.T).argmax(dim=1)
+        similarity = F.normalize(encoder_embeddings.to(bank), dim=1) @ bank.T
+        top = similarity.topk(min(self.config.adapt_neighbours, len(bank)), dim=1)
+        votes = similarity.new_zeros(len(similarity), self.n_clusters)
+        votes.scatter_add_(1, clusters[top.indices], torch.ones_like(top.values))
+        weights = torch.softmax(top.values / self.config.adapt_temperature, dim=1)
         self._add_subject_buffers(subject, len(encoder_embeddings))
         self.encoder_embeddings.get(subject).copy_(encoder_embeddings)
-        self.clusters.get(subject).copy_(clusters[nearest])
-        self.voxel_embeddings[subject] = nn.Parameter(learned[nearest].clone())
+        self.clusters.get(subject).copy_(votes.argmax(dim=1))
+        seed = (weights.unsqueeze(-1) * learned[top.indices]).sum(dim=1)
+        self.voxel_embeddings[subject] = nn.Parameter(seed)
         self.n_voxels[subject] = len(encoder_embeddings)
-        return nearest
+        return top.indices
 
     def adaptation_strategy(self) -> NearestVoxelAdaptation:
         return NearestVoxelAdaptation()
