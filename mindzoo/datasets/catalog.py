@@ -19,7 +19,9 @@ Source kinds:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import cache
+from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, field_validator, model_validator
@@ -121,9 +123,33 @@ def pipeline_config_class(spec: DatasetSpec) -> type[BaseModel]:
         from mindzoo.pipelines.nsd import NSDConfig
 
         return NSDConfig
+    if spec.modality == "ieeg":
+        from mindzoo.pipelines.ieeg import IEEGPipelineConfig
+
+        return IEEGPipelineConfig
+    if spec.modality == "eeg":
+        from mindzoo.pipelines.eeg import EEGPipelineConfig
+
+        return EEGPipelineConfig
     from mindzoo.pipelines.fmri import FMRIPipelineConfig
 
     return FMRIPipelineConfig
+
+
+def simulator(spec: DatasetSpec) -> tuple[type[BaseModel], Callable[..., Path]]:
+    """The simulator of a synthetic entry: its ``simulator.*`` settings class and its
+    ``simulate_bids(out_dir, config, progress)``."""
+    if spec.modality == "ieeg":
+        from mindzoo.datasets import synthetic_ieeg
+
+        return synthetic_ieeg.SyntheticIEEGConfig, synthetic_ieeg.simulate_bids
+    if spec.modality == "eeg":
+        from mindzoo.datasets import synthetic_eeg
+
+        return synthetic_eeg.SyntheticEEGConfig, synthetic_eeg.simulate_bids
+    from mindzoo.datasets import synthetic_fmri
+
+    return synthetic_fmri.SyntheticFMRIConfig, synthetic_fmri.simulate_bids
 
 
 def default_settings(spec: DatasetSpec) -> dict[str, Any]:
@@ -137,9 +163,8 @@ def default_settings(spec: DatasetSpec) -> dict[str, Any]:
         "pipeline": pipeline,
     }
     if spec.source == "synthetic":
-        from mindzoo.datasets.synthetic_fmri import SyntheticFMRIConfig
-
-        resolved["simulator"] = SyntheticFMRIConfig(**settings.get("simulator", {})).model_dump(
+        config_class, _ = simulator(spec)
+        resolved["simulator"] = config_class(**settings.get("simulator", {})).model_dump(
             mode="json"
         )
     return resolved
@@ -168,9 +193,7 @@ def resolve_settings(
         pipeline_config_class(spec), settings["pipeline"], f"dataset {spec.name} (pipeline.*)"
     ).model_dump(mode="json")
     if settings.get("simulator") is not None:
-        from mindzoo.datasets.synthetic_fmri import SyntheticFMRIConfig
-
         settings["simulator"] = validate(
-            SyntheticFMRIConfig, settings["simulator"], f"dataset {spec.name} (simulator.*)"
+            simulator(spec)[0], settings["simulator"], f"dataset {spec.name} (simulator.*)"
         ).model_dump(mode="json")
     return settings

@@ -20,7 +20,7 @@ import numpy as np
 
 from mindzoo import __version__
 from mindzoo.config import config_hash
-from mindzoo.datasets import datalad_source
+from mindzoo.datasets import catalog, datalad_source
 from mindzoo.datasets.catalog import DatasetSpec, get_dataset, resolve_settings
 from mindzoo.datasets.store import SCHEMA_VERSION, StoreWriter, find_version, set_current
 from mindzoo.errors import UserInputError
@@ -28,8 +28,12 @@ from mindzoo.errors import UserInputError
 if TYPE_CHECKING:
     from mindzoo.pipelines.fmri import PreparedFMRI
 
-PIPELINE_VERSION = "fmri-1"
-NSD_PIPELINE_VERSION = "nsd-1"
+# Bumped whenever what a version holds changes (-2: pixels/lowres features), so an old store
+# is rebuilt beside the new one instead of being a cache hit that lacks them.
+PIPELINE_VERSION = "fmri-2"
+NSD_PIPELINE_VERSION = "nsd-2"
+EPHYS_PIPELINE_VERSIONS = {"ieeg": "ieeg-1", "eeg": "eeg-1"}
+EPHYS_MODALITIES = tuple(EPHYS_PIPELINE_VERSIONS)
 
 
 @dataclass
@@ -75,12 +79,11 @@ def _simulated_source(
     spec: DatasetSpec, simulator: dict[str, Any], store_dir: Path, progress: bool
 ) -> Path:
     """The simulator's BIDS output under `store_dir/raw`, generated once per simulator config."""
-    from mindzoo.datasets.synthetic_fmri import SyntheticFMRIConfig, simulate_bids
-
+    config_class, simulate_bids = catalog.simulator(spec)
     key = config_hash({"dataset": spec.name, "simulator": simulator})[:12]
     target = store_dir / "raw" / f"{spec.name}-{key}"
     if not (target / "dataset_description.json").is_file():  # simulate_bids renames into place
-        simulate_bids(target, SyntheticFMRIConfig(**simulator), progress=progress)
+        simulate_bids(target, config_class(**simulator), progress=progress)
     return target
 
 
@@ -95,7 +98,7 @@ def _resolve_source(
     if spec.source == "synthetic":
         if source is not None:
             raise UserInputError(
-                f"Dataset {spec.name} is generated; drop --source or use bids-fmri"
+                f"Dataset {spec.name} is generated; drop --source or use bids-{spec.modality}"
             )
         return _Source(
             {"kind": "synthetic"},
@@ -134,19 +137,25 @@ def _datalad(
     }
 
     def materialise() -> Path:
-        from mindzoo.pipelines.fmri import FMRIPipelineConfig, input_files
-
         files = datalad_source.list_files(clone.path)
         folders = datalad_source.folders_in_settings(settings["pipeline"], files)
         metadata = datalad_source.metadata_files(files, folders)
         fetched = datalad_source.fetch(clone, metadata, progress)
         # The pipeline itself says what it will read (and refuses unknown subjects, sessions
         # or tasks, listing the ones there are) from the metadata alone.
-        needed = input_files(
-            clone.path,
-            FMRIPipelineConfig(**settings["pipeline"]),
-            with_images=bool(settings["features"]),
-        )
+        if spec.modality in EPHYS_MODALITIES:
+            from mindzoo.pipelines.ephys import input_files as ephys_input_files
+
+            config = catalog.pipeline_config_class(spec)(**settings["pipeline"])
+            needed = ephys_input_files(clone.path, config)
+        else:
+            from mindzoo.pipelines.fmri import FMRIPipelineConfig, input_files
+
+            needed = input_files(
+                clone.path,
+                FMRIPipelineConfig(**settings["pipeline"]),
+                with_images=bool(settings["features"]),
+            )
         selected = datalad_source.relative_files(clone.path, needed)
         fetched += datalad_source.fetch(clone, selected, progress)
         provenance["n_files_fetched"] = fetched
@@ -178,7 +187,7 @@ def prepare_dataset(
     """
     start = time.perf_counter()
     spec = get_dataset(name)
-    if spec.modality != "fmri":
+    if spec.modality not in ("fmri", *EPHYS_MODALITIES):
         raise UserInputError(
             f"Dataset {name} ({spec.modality}) has no pipeline in this version yet"
         )
@@ -224,6 +233,8 @@ def _outside_folders(pipeline: dict[str, Any]) -> list[str]:
 
 
 def _pipeline_version(spec: DatasetSpec) -> str:
+    if spec.modality in EPHYS_MODALITIES:
+        return EPHYS_PIPELINE_VERSIONS[spec.modality]
     return NSD_PIPELINE_VERSION if spec.source == "nsd-mirror" else PIPELINE_VERSION
 
 
@@ -270,6 +281,8 @@ def _build_version(
     out: Path,
     progress: bool,
 ) -> Path:
+    if spec.modality in EPHYS_MODALITIES:
+        return _build_ephys_version(spec, root, settings, provenance, key, out, progress)
     from mindzoo.features import compute_features
 
     prepared = _run_pipeline(spec, root, settings, progress)
@@ -322,6 +335,39 @@ def _build_version(
                     "name": "nsd-mirror" if spec.source == "nsd-mirror" else "fmri",
                     "version": _pipeline_version(spec),
                 },
+                "config": settings,
+                "subjects": sorted(prepared.subjects),
+                "mindzoo_version": __version__,
+            }
+        )
+
+
+def _build_ephys_version(
+    spec: DatasetSpec,
+    root: Path,
+    settings: dict[str, Any],
+    provenance: dict[str, Any],
+    key: str,
+    out: Path,
+    progress: bool,
+) -> Path:
+    """Run the iEEG/EEG pipeline and write the ephys store schema (`[trial, channel, time]`)."""
+    from mindzoo.pipelines.ephys import prepare_bids_ephys, write_ephys_store
+
+    config = catalog.pipeline_config_class(spec)(**settings["pipeline"])
+    prepared = prepare_bids_ephys(root, config, progress=progress)
+    with StoreWriter(out, key) as writer:
+        write_ephys_store(writer, prepared)
+        return writer.commit(
+            {
+                "dataset": spec.name,
+                "modality": spec.modality,
+                "source": {
+                    **provenance,
+                    "root": str(root),
+                    "n_files_read": len(prepared.source_files),
+                },
+                "pipeline": {"name": spec.modality, "version": _pipeline_version(spec)},
                 "config": settings,
                 "subjects": sorted(prepared.subjects),
                 "mindzoo_version": __version__,

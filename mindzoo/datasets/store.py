@@ -440,8 +440,34 @@ def _schema_problems(version: Path) -> list[str]:
             trials["stimulus_index"].max() >= n_stimuli or trials["stimulus_index"].min() < 0
         ):
             problems.append(f"{subject}: stimulus_index outside the stimulus table")
-        arrays, _ = store.axis(subject)
+        arrays, attrs = store.axis(subject)
         for name, values in arrays.items():
             if values.shape[0] != signals.shape[1]:
                 problems.append(f"{subject}: axis array {name} does not match signals axis 1")
+        if store.manifest.get("modality") in ("ieeg", "eeg"):
+            problems += _ephys_problems(subject, signals.shape, arrays, attrs)
+    return problems
+
+
+def _ephys_problems(
+    subject: str, shape: tuple[int, ...], arrays: dict[str, np.ndarray], attrs: dict[str, Any]
+) -> list[str]:
+    """The ephys schema: signals [trial, channel, time], channel names/types/regions, sfreq."""
+    if len(shape) != 3:
+        return [f"{subject}: ephys signals must be [trial, channel, time], got shape {shape}"]
+    problems = []
+    for key in ("names", "types"):
+        if len(attrs.get(key, [])) != shape[1]:
+            problems.append(f"{subject}: channels.{key} does not list {shape[1]} channels")
+    if not isinstance(attrs.get("sfreq"), (int, float)) or attrs["sfreq"] <= 0:
+        problems.append(f"{subject}: channels.sfreq is missing or not positive")
+    if (
+        "region" in arrays
+        and len(arrays["region"])
+        and (
+            arrays["region"].min() < 0
+            or arrays["region"].max() >= len(attrs.get("region_names", []))
+        )
+    ):
+        problems.append(f"{subject}: channels.region codes outside region_names")
     return problems
