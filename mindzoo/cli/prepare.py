@@ -15,16 +15,24 @@ from mindzoo.errors import UserInputError
 console = Console()
 
 
+_NOT_AXIS = ("n_trials", "n_test_trials", "n_times")
+
+
 def summarise_store(store: TensorStore) -> dict:
-    """Per-subject sizes of a store version, for metrics.json and the console."""
-    return {
-        subject: {
-            "n_trials": int(store.signals(subject).shape[0]),
-            "n_voxels": int(store.signals(subject).shape[1]),
+    """Per-subject sizes of a store version, for metrics.json and the console: trials and the
+    size of axis 1 under its name (``n_voxels`` for fMRI, ``n_channels`` for iEEG/EEG)."""
+    sizes = {}
+    for subject in store.subjects:
+        shape = store.signals(subject).shape
+        axis = store.root[f"subjects/{subject}"].attrs.get("axis", "voxels")
+        sizes[subject] = {
+            "n_trials": int(shape[0]),
+            f"n_{axis}": int(shape[1]),
             "n_test_trials": int((store.trials(subject)["split"] == "test").sum()),
         }
-        for subject in store.subjects
-    }
+        if len(shape) == 3:
+            sizes[subject]["n_times"] = int(shape[2])
+    return sizes
 
 
 def parse_labels(text: str | None, prefix: str) -> list[str] | None:
@@ -64,7 +72,9 @@ def run_prepare(
     )
     sizes = summarise_store(store)
     for subject, size in sizes.items():
-        console.print(f"  {subject}: {size['n_trials']} trials x {size['n_voxels']} voxels")
+        axis, count = next((k[2:], v) for k, v in size.items() if k not in _NOT_AXIS)
+        times = f" x {size['n_times']} samples" if "n_times" in size else ""
+        console.print(f"  {subject}: {size['n_trials']} trials x {count} {axis}{times}")
     metrics = {
         "dataset": dataset,
         "version": result.version_dir.name,
