@@ -28,6 +28,7 @@ from mindzoo.models.brain_it import (
     _unpatchify,
     default_cluster_count,
 )
+from mindzoo.models.mindeye_mlp import target_loss
 from mindzoo.training import checkpoint as ckpt
 from mindzoo.training.trainer import Trainer, TrainerConfig, predict, seed_everything
 
@@ -68,6 +69,22 @@ def test_image_target_gets_one_query_token_per_patch_read_out_in_place() -> None
     patch = image[8:12, 20:24]
     assert torch.equal(patch.reshape(-1), torch.arange(48, dtype=torch.float32))
     assert image.abs().sum() == patch.abs().sum()
+
+
+def test_target_weights_weigh_each_targets_loss() -> None:
+    torch.manual_seed(0)
+    outputs = {"global": torch.randn(6, 5), "spatial": torch.randn(6, 3, 4)}
+    targets = {"global": torch.randn(6, 5), "spatial": torch.randn(6, 3, 4)}
+    alone, _ = target_loss({"global": outputs["global"]}, {"global": targets["global"]}, 1, 1, 0.1)
+    muted, _ = target_loss(outputs, targets, 1, 1, 0.1, {"spatial": 0.0})
+    torch.testing.assert_close(muted, alone)
+    spatial, _ = target_loss(
+        {"spatial": outputs["spatial"]}, {"spatial": targets["spatial"]}, 1, 1, 0.1
+    )
+    quarter, _ = target_loss(outputs, targets, 1, 1, 0.1, {"spatial": 0.25})
+    torch.testing.assert_close(quarter, (alone + 0.25 * spatial) / 1.25)
+    with pytest.raises(UserInputError, match="target_weights names 'low'"):
+        BrainIT(SMALL.model_copy(update={"target_weights": {"low": 0.5}}), {"sub-01": 7}, SHAPES)
 
 
 def test_default_cluster_count_scales_with_voxels() -> None:

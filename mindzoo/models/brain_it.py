@@ -100,6 +100,9 @@ class BrainITConfig(DecoderConfig):
     mse_weight: float = Field(1.0, ge=0, description="Weight of the MSE term.")
     clip_weight: float = Field(1.0, ge=0, description="Weight of the SoftCLIP term.")
     clip_temperature: float = Field(0.1, gt=0, description="SoftCLIP softmax temperature.")
+    target_weights: dict[str, float] = Field(
+        {}, description="Loss weight per target name (default 1), e.g. {lowlevel: 0.25}."
+    )
     adapt_neighbours: int = Field(
         20, ge=1, description="Source voxels that vote on a new voxel's cluster and seed it."
     )
@@ -265,6 +268,12 @@ class BrainIT(FMRIDecoder):
                 f"(targets: {', '.join(self.target_shapes)})"
             )
         self.encoder_target = encoder_target
+        unknown = sorted(set(config.target_weights) - set(self.target_shapes))
+        if unknown:
+            raise UserInputError(
+                f"model.target_weights names {unknown[0]!r}, which is not a target of this model "
+                f"(targets: {', '.join(self.target_shapes)})"
+            )
         self.n_clusters = (
             n_clusters or config.n_clusters or default_cluster_count(sum(self.n_voxels.values()))
         )
@@ -326,7 +335,12 @@ class BrainIT(FMRIDecoder):
     ) -> tuple[torch.Tensor, dict[str, float]]:
         cfg = self.config
         total, logs = target_loss(
-            outputs, targets, cfg.mse_weight, cfg.clip_weight, cfg.clip_temperature
+            outputs,
+            targets,
+            cfg.mse_weight,
+            cfg.clip_weight,
+            cfg.clip_temperature,
+            cfg.target_weights,
         )
         return total, logs
 

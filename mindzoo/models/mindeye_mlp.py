@@ -75,15 +75,23 @@ def target_loss(
     mse_weight: float,
     clip_weight: float,
     clip_temperature: float,
+    target_weights: Mapping[str, float] | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """MSE + SoftCLIP on standardised targets, each averaged over the targets; with logs."""
-    mse = torch.stack([F.mse_loss(outputs[k].float(), targets[k].float()) for k in outputs]).mean()
+    """MSE + SoftCLIP on standardised targets, each a weighted mean over the targets (weight 1
+    unless ``target_weights`` names the target); with logs."""
+    names = list(outputs)
+    given = target_weights or {}
+    weights = torch.tensor([float(given.get(k, 1.0)) for k in names])
+    weights = weights / weights.sum().clamp_min(1e-12)
+
+    def mean(values: list[torch.Tensor]) -> torch.Tensor:
+        return (torch.stack(values) * weights.to(values[0].device)).sum()
+
+    mse = mean([F.mse_loss(outputs[k].float(), targets[k].float()) for k in names])
     total = mse_weight * mse
     logs = {"mse": float(mse.detach())}
     if clip_weight > 0:
-        clip = torch.stack(
-            [soft_clip_loss(outputs[k], targets[k], clip_temperature) for k in outputs]
-        ).mean()
+        clip = mean([soft_clip_loss(outputs[k], targets[k], clip_temperature) for k in names])
         total = total + clip_weight * clip
         logs["soft_clip"] = float(clip.detach())
     return total, logs
