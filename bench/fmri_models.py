@@ -125,15 +125,23 @@ def data_efficiency(
     work: Path,
     held_out: str = "sub-04",
     fractions: tuple[float, ...] = (0.05, 0.1, 0.25, 1.0),
+    pretrained: Path | None = None,
 ) -> dict:
     """Model ``name`` pre-trained without ``held_out``, adapted to it with the first
     ``fractions`` of its training trials (the family's strategy, `adapt` defaults), against
     ridge fitted on exactly the same trials (its own grouped CV picks the penalty); test
-    metrics of ``held_out``, and each fraction's top-1 as a share of ridge's at 100 %."""
+    metrics of ``held_out``, and each fraction's top-1 as a share of ridge's at 100 %.
+    ``pretrained``: a run of ``name`` trained without ``held_out`` to start from instead."""
     opened = TensorStore.open(store)
     sources = [s for s in opened.subjects if s != held_out]
     start = time.perf_counter()
-    pre = train_model(name, store, work / "pretrain", sources, overwrite=True, progress=False)
+    if pretrained is None:
+        pre = train_model(name, store, work / "pretrain", sources, overwrite=True, progress=False)
+    else:
+        pre = pretrained
+        trained_on = json.loads((pre / "config.json").read_text())["subjects"]
+        if held_out in trained_on:
+            raise SystemExit(f"{pre} was trained on {held_out}; pass a run without it")
     result = {
         "held_out": held_out,
         "pretrained_on": sources,
@@ -235,6 +243,13 @@ def main() -> None:
     parser.add_argument("--models", default="ridge,mindeye-mlp,brain-it,mindbridge")
     parser.add_argument("--adapt", default="brain-it", help="Models for the data-efficiency curve.")
     parser.add_argument("--gpu", action="store_true", help="Only the NSD-scale GPU check.")
+    parser.add_argument(
+        "--only-adapt",
+        type=Path,
+        metavar="RUN",
+        help="Only the data-efficiency curve, from this pre-trained run (no held-out subject); "
+        "updates data_efficiency in an existing --out JSON.",
+    )
     parser.add_argument("--out", type=Path, default=Path("bench/results/fmri_models.json"))
     args = parser.parse_args()
     if args.gpu:
@@ -248,6 +263,16 @@ def main() -> None:
     if store is None:
         store = args.work / "store"
         run_prepare("synthetic-fmri", store, None, None, [])
+    if args.only_adapt is not None:
+        results = json.loads(args.out.read_text()) if args.out.is_file() else {}
+        name = json.loads((args.only_adapt / "config.json").read_text())["model"]
+        results.setdefault("data_efficiency", {})[name] = data_efficiency(
+            name, store, args.work / f"data_efficiency-{name}", pretrained=args.only_adapt
+        )
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(results, indent=2))
+        print(json.dumps(results["data_efficiency"], indent=2))
+        return
     names = [n for n in args.models.split(",") if n]
     results = {
         "platform": platform.platform(),

@@ -219,6 +219,8 @@ class AdaptationStrategy(ABC):
 
     name: ClassVar[str]
     mixes_source_data: ClassVar[bool] = False
+    trainer_defaults: ClassVar[dict[str, Any]] = {}
+    """The family's own `adapt` trainer defaults (before ``--set``), e.g. a shorter schedule."""
 
     @abstractmethod
     def prepare(self, model: FMRIDecoder, context: AdaptationContext) -> None:

@@ -159,7 +159,11 @@ def adaptation_splits(
     }
 
 
-def _adapt_settings(run_config: dict[str, Any], overrides: list[str]) -> TrainSettings:
+def _adapt_settings(
+    run_config: dict[str, Any],
+    overrides: list[str],
+    strategy_defaults: dict[str, Any] | None = None,
+) -> TrainSettings:
     """The checkpoint's settings, adaptation trainer defaults, then the caller's overrides."""
     for item in overrides:
         if not item.startswith(_OVERRIDABLE):
@@ -170,6 +174,7 @@ def _adapt_settings(run_config: dict[str, Any], overrides: list[str]) -> TrainSe
     settings = json.loads(json.dumps(run_config["settings"]))
     for section, defaults in ADAPT_DEFAULTS.items():
         settings[section] = {**settings.get(section, {}), **defaults}
+    settings["trainer"].update(strategy_defaults or {})
     settings = apply_overrides(settings, overrides)
     validate(TrainerConfig, settings["trainer"], "adapt (trainer.*)")
     validate(DataConfig, settings["data"], "adapt (data.*)")
@@ -225,13 +230,13 @@ def adapt_model(
     checkpoint, out = Path(checkpoint), Path(out)
     model = ckpt.load_model(checkpoint)
     run_config = json.loads((checkpoint / "config.json").read_text())
-    settings = _adapt_settings(run_config, overrides or [])
+    strategy = model.adaptation_strategy()
+    settings = _adapt_settings(run_config, overrides or [], strategy.trainer_defaults)
     store = TensorStore.open(store_path)
     subject = _check_subject(store, subject, model, checkpoint)
     rows, available = adaptation_trials(store, subject, n_trials, fraction)
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise UserInputError(f"Run directory {out} exists and is not empty; choose another --out")
-    strategy = model.adaptation_strategy()
     sources = _source_subjects(store, model, subject) if strategy.mixes_source_data else []
     targets, evaluated = decoder_targets(settings)
     data = DataConfig(**settings.data)
