@@ -205,6 +205,7 @@ def prepare_dataset(
                 "settings": settings,
                 "source": raw.identity,
                 "folders": {folder: fingerprint_tree(Path(folder)) for folder in outside},
+                "feature_weights": _feature_weights(settings.get("features", [])),
             }
         )
         cached = find_version(out, key)
@@ -218,6 +219,16 @@ def prepare_dataset(
             _remove_all_but_clones(out)
         raise
     return PrepareResult(version, False, time.perf_counter() - start, key)
+
+
+def _feature_weights(features: list[str]) -> dict[str, str]:
+    """Identity of the local weights a feature space reads (CLIP: ``$MINDZOO_CLIP_WEIGHTS`` and
+    the fingerprint of that directory), so other weights make another store version."""
+    if "clip" not in features:
+        return {}
+    folder = os.environ.get("MINDZOO_CLIP_WEIGHTS", "")
+    path = Path(folder).expanduser()
+    return {"clip": f"{folder}:{fingerprint_tree(path) if path.is_dir() else 'missing'}"}
 
 
 def _outside_folders(pipeline: dict[str, Any]) -> list[str]:
