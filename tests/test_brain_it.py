@@ -277,10 +277,15 @@ def test_cli_train_evaluate_beats_chance_and_reloads(tiny_store: Path) -> None:
         cli("train", "brain-it", "--store", str(tiny_store), "--out", str(run), *small_batches) == 0
     )
     config = json.loads((run / "config.json").read_text())
-    assert config["build"]["target_shapes"] == {"spatial": [49, 320], "global": [1280]}
+    assert config["build"]["target_shapes"] == {
+        "spatial": [49, 320],
+        "global": [1280],
+        "lowlevel": [28, 28, 3],
+    }
     predictions = load_file(str(run / "predictions.safetensors"))
     assert predictions["sub-01/test_pred"].shape == (8, 1280)
     assert predictions["sub-01/outputs/spatial"].shape == (8, 49, 320)
+    assert predictions["sub-01/outputs/lowlevel"].shape == (8, 28, 28, 3)
     np.testing.assert_array_equal(
         predictions["sub-01/test_pred"], predictions["sub-01/outputs/global"]
     )

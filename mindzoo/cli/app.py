@@ -7,7 +7,17 @@ import sys
 import typer
 from rich.console import Console
 
-from mindzoo.cli import adapt, datasets, evaluate, models, prepare, quickstart, train, verify
+from mindzoo.cli import (
+    adapt,
+    datasets,
+    evaluate,
+    models,
+    prepare,
+    quickstart,
+    reconstruct,
+    train,
+    verify,
+)
 from mindzoo.errors import UserInputError
 
 app = typer.Typer(
@@ -17,7 +27,7 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-for module in (quickstart, datasets, models, prepare, verify, train, adapt, evaluate):
+for module in (quickstart, datasets, models, prepare, verify, train, adapt, evaluate, reconstruct):
     module.register(app)
 
 err_console = Console(stderr=True)

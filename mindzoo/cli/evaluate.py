@@ -8,6 +8,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from mindzoo.evaluation.classification import EPHYS_KINDS, ephys_table
 from mindzoo.evaluation.run import evaluate_run
 
 console = Console()
@@ -15,6 +16,8 @@ console = Console()
 
 def metrics_table(metrics: dict) -> Table:
     """Subjects x main metrics as a rich table (the feature space goes in the title)."""
+    if metrics.get("kind") in EPHYS_KINDS:
+        return ephys_table(metrics)
     first = next(iter(metrics["subjects"].values()))
     keys = [k for k in first if "." in k and not k.startswith("chance")]
     keys.append("noise_ceiling_median")

@@ -40,7 +40,13 @@ def register(app: typer.Typer) -> None:
         """Train MODEL on the store's training split; writes weights, predictions, metrics.json."""
         if resume and out is None:
             raise UserInputError("--resume needs --out: the run directory to continue")
-        out = out or Path("runs") / f"{model}-{time.strftime('%Y%m%d-%H%M%S')}"
+        if out is None and model != "diffusion":  # diffusion defaults to the store's cache
+            out = Path("runs") / f"{model}-{time.strftime('%Y%m%d-%H%M%S')}"
         run_dir = train_model(model, store, out, split_subjects(subjects), sets, resume=resume)
         if os.environ.get("RANK", "0") == "0":  # one line, not one per data-parallel process
-            console.print(f"trained {model}: {run_dir} (next: braindecode-cli evaluate {run_dir})")
+            follow = (
+                f"braindecode-cli reconstruct RUN --store {store} --weights {run_dir} --out DIR"
+                if model == "diffusion"
+                else f"braindecode-cli evaluate {run_dir}"
+            )
+            console.print(f"trained {model}: {run_dir} (next: {follow})")

@@ -11,6 +11,7 @@ from safetensors.numpy import load_file
 
 from mindzoo.datasets.store import TensorStore
 from mindzoo.errors import UserInputError
+from mindzoo.evaluation.classification import EPHYS_KINDS, evaluate_ephys_run
 from mindzoo.evaluation.metrics import evaluate_features
 from mindzoo.evaluation.noise_ceiling import noise_ceiling
 from mindzoo.evaluation.report import SubjectResult, write_report
@@ -51,6 +52,15 @@ def evaluate_run(run_dir: Path, out: Path | None = None) -> dict[str, Any]:
     the subject's voxels (from the test repeats) and chance levels.
     """
     run_dir = Path(run_dir)
+    ephys = (
+        json.loads((run_dir / "config.json").read_text())
+        if (run_dir / "config.json").is_file()
+        else {}
+    )
+    if ephys.get("kind") in EPHYS_KINDS:  # ephys runs: classification / pre-training metrics
+        return evaluate_ephys_run(
+            run_dir, ephys, Path(out) if out is not None else run_dir / "eval"
+        )
     config, predictions = _read_run(run_dir)
     store = _open_store(config, run_dir)
     space = config["settings"]["feature_space"]

@@ -14,6 +14,9 @@ from mindzoo.models.base import (
     decoder_class,
 )
 from mindzoo.models.brain_it import BrainIT, BrainITConfig
+from mindzoo.models.diffusion import train_diffusion
+from mindzoo.models.du_in import DuINConfig
+from mindzoo.models.eeg_baselines import BaselineConfig
 from mindzoo.models.mindbridge import MindBridge, MindBridgeConfig
 from mindzoo.models.mindeye_mlp import MindEyeMLP, MindEyeMLPConfig
 from mindzoo.models.registry import (
@@ -29,9 +32,11 @@ from mindzoo.models.ridge import RidgeConfig, RidgeDecoder
 __all__ = [
     "AdaptationContext",
     "AdaptationStrategy",
+    "BaselineConfig",
     "BrainIT",
     "BrainITConfig",
     "DecoderConfig",
+    "DuINConfig",
     "FMRIDecoder",
     "MindBridge",
     "MindBridgeConfig",
@@ -47,4 +52,5 @@ __all__ = [
     "list_models",
     "make_config",
     "register_model",
+    "train_diffusion",
 ]

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Protocol
 
 import numpy as np
+from PIL import Image
 
 from mindzoo.errors import UserInputError
 
@@ -57,6 +58,23 @@ class ReconstructionBackend(Protocol):
         batch size or on the other items.
         """
         ...
+
+
+def resize_images(images: np.ndarray, size: int) -> np.ndarray:
+    """uint8 images [n, h, w, 3] -> uint8 [n, size, size, 3] (bilinear; unchanged when equal).
+
+    For backends that take low-level images of any size, and for figures.
+    """
+    images = np.asarray(images)
+    if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
+        raise UserInputError(
+            f"Expected uint8 images [n, h, w, 3], got {images.dtype} {tuple(images.shape)}"
+        )
+    if images.shape[1:3] == (size, size):
+        return images
+    return np.stack(
+        [np.asarray(Image.fromarray(im).resize((size, size), Image.BILINEAR)) for im in images]
+    )
 
 
 BackendLoader = Callable[[Path | None, str], ReconstructionBackend]

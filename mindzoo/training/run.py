@@ -104,7 +104,7 @@ def _pick_subjects(store: TensorStore, subjects: list[str] | None) -> list[str]:
 def train_model(
     name: str,
     store_path: Path,
-    out: Path,
+    out: Path | None,
     subjects: list[str] | None = None,
     overrides: list[str] | None = None,
     overwrite: bool = False,
@@ -115,13 +115,14 @@ def train_model(
 
     ``resume`` continues a torch decoder's run in `out` from its newest checkpoint (and starts
     one when `out` has none); the settings must be those the run started with. Families with
-    their own loop (``train_fn`` in the registry, e.g. diffusion or du-in stages) take over here.
+    their own loop (``train_fn`` in the registry, e.g. diffusion or du-in stages) take over here;
+    ``out=None`` is for those that choose their own place (diffusion: the store's cache).
     """
     own_loop = get_model_info(name).train_fn
     if own_loop is not None:
         return own_loop(
             store_path=Path(store_path),
-            out=Path(out),
+            out=None if out is None else Path(out),
             subjects=subjects,
             overrides=overrides or [],
             resume=resume,

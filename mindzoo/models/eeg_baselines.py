@@ -1,0 +1,140 @@
+"""EEG/sEEG classification baselines from the braindecode library, one network per subject.
+
+``eegnet`` (EEGNetv4, Lawhern et al. 2018), ``shallow-fbcsp`` (ShallowFBCSPNet, Schirrmeister
+et al. 2017) and ``eeg-conformer`` (EEGConformer, Song et al. 2023) from braindecode 0.8.1 are
+wrapped in :class:`PerSubjectBaseline`: one independent network per subject (subjects differ
+in channel count), trained by the same ephys loop as Du-IN on the same store, so the tables
+compare like with like. The runs train all subjects' networks together (subject-homogeneous
+batches, no shared parameters); the learning-rate schedule and early stopping are shared.
+
+braindecode's temporal kernel and pooling sizes are in samples for the sampling rate each
+network was designed at (EEGNet 128 Hz, ShallowFBCSPNet and EEGConformer 250 Hz); with
+``scale_to_sfreq`` they are rescaled to the store's rate so they span the same durations.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from torch import nn
+
+from mindzoo.datasets.ephys_views import RecordingInfo
+from mindzoo.models.du_in import classification_outputs, count_parameters, train_fn
+from mindzoo.models.registry import register_model
+
+# Du-IN's reference recording: 10 channels, 3 s at 1000 Hz, 61 words (`braindecode-cli models`)
+REFERENCE_RECORDING = RecordingInfo({"sub-01": 10}, n_times=3000, sfreq=1000.0, n_classes=61)
+
+
+class BaselineConfig(BaseModel):
+    """Settings shared by the braindecode baselines."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    drop_prob: float = Field(0.5, ge=0, lt=1, description="Dropout probability.")
+    scale_to_sfreq: bool = Field(
+        True, description="Rescale kernel/pool sizes from the design rate to the store's rate."
+    )
+    options: dict[str, Any] = Field(
+        default_factory=dict, description="Extra keyword arguments for the braindecode class."
+    )
+
+
+def _scaled(samples: int, design_sfreq: float, sfreq: float, scale: bool) -> int:
+    return max(1, round(samples * sfreq / design_sfreq)) if scale else samples
+
+
+def _eegnet(config: BaselineConfig, n_chans: int, info: RecordingInfo) -> nn.Module:
+    from braindecode.models import EEGNetv4  # imported on use: braindecode loads slowly
+
+    kernel = _scaled(64, 128.0, info.sfreq, config.scale_to_sfreq)
+    return EEGNetv4(
+        n_chans=n_chans,
+        n_outputs=info.n_classes,
+        n_times=info.n_times,
+        kernel_length=kernel,
+        drop_prob=config.drop_prob,
+        **config.options,
+    )
+
+
+def _shallow(config: BaselineConfig, n_chans: int, info: RecordingInfo) -> nn.Module:
+    from braindecode.models import ShallowFBCSPNet
+
+    scale = [_scaled(n, 250.0, info.sfreq, config.scale_to_sfreq) for n in (25, 75, 15)]
+    return ShallowFBCSPNet(
+        n_chans=n_chans,
+        n_outputs=info.n_classes,
+        n_times=info.n_times,
+        filter_time_length=scale[0],
+        pool_time_length=scale[1],
+        pool_time_stride=scale[2],
+        final_conv_length="auto",
+        drop_prob=config.drop_prob,
+        add_log_softmax=False,
+        **config.options,
+    )
+
+
+def _conformer(config: BaselineConfig, n_chans: int, info: RecordingInfo) -> nn.Module:
+    from braindecode.models import EEGConformer
+
+    scale = [_scaled(n, 250.0, info.sfreq, config.scale_to_sfreq) for n in (25, 75, 15)]
+    return EEGConformer(
+        n_chans=n_chans,
+        n_outputs=info.n_classes,
+        n_times=info.n_times,
+        filter_time_length=scale[0],
+        pool_time_length=scale[1],
+        pool_time_stride=scale[2],
+        final_fc_length="auto",
+        drop_prob=config.drop_prob,
+        add_log_softmax=False,
+        **config.options,
+    )
+
+
+BASELINES = {
+    "eegnet": (_eegnet, "EEGNetv4 (braindecode), one network per subject"),
+    "shallow-fbcsp": (_shallow, "ShallowFBCSPNet (braindecode), one network per subject"),
+    "eeg-conformer": (_conformer, "EEGConformer (braindecode), one network per subject"),
+}
+
+
+class PerSubjectBaseline(nn.Module):
+    """One braindecode network per subject: ``forward(x [b, ch, time], subject, y)``."""
+
+    kind = "ephys-classifier"
+
+    def __init__(self, family: str, config: BaselineConfig, info: RecordingInfo) -> None:
+        super().__init__()
+        make = BASELINES[family][0]
+        self.info = info
+        with warnings.catch_warnings():  # braindecode's import and argument-name chatter
+            warnings.simplefilter("ignore")
+            self.nets = nn.ModuleDict({s: make(config, n, info) for s, n in info.channels.items()})
+
+    def logits(self, x: torch.Tensor, subject: str) -> torch.Tensor:
+        """Class scores [batch, n_classes]."""
+        return self.nets[subject](x)
+
+    def forward(
+        self, x: torch.Tensor, subject: str, y: torch.Tensor | None = None
+    ) -> dict[str, torch.Tensor]:
+        return classification_outputs(self.logits(x, subject), y)
+
+
+for _name, (_, _description) in BASELINES.items():
+    register_model(
+        _name,
+        config_cls=BaselineConfig,
+        description=f"{_description}; ephys classification",
+        factory=lambda config, family=_name: PerSubjectBaseline(
+            family, config, REFERENCE_RECORDING
+        ),
+        count_parameters=count_parameters,
+        train_fn=train_fn(_name),
+    )
