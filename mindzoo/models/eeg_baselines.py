@@ -61,10 +61,16 @@ def _eegnet(config: BaselineConfig, n_chans: int, info: RecordingInfo) -> nn.Mod
     )
 
 
+def _fbcsp_lengths(config: BaselineConfig, info: RecordingInfo) -> list[int]:
+    """Filter length, pool length and pool stride of ShallowFBCSPNet/EEGConformer (designed for
+    250 Hz: 25, 75, 15 samples), rescaled to the store's rate."""
+    return [_scaled(n, 250.0, info.sfreq, config.scale_to_sfreq) for n in (25, 75, 15)]
+
+
 def _shallow(config: BaselineConfig, n_chans: int, info: RecordingInfo) -> nn.Module:
     from braindecode.models import ShallowFBCSPNet
 
-    scale = [_scaled(n, 250.0, info.sfreq, config.scale_to_sfreq) for n in (25, 75, 15)]
+    scale = _fbcsp_lengths(config, info)
     return ShallowFBCSPNet(
         n_chans=n_chans,
         n_outputs=info.n_classes,
@@ -82,7 +88,7 @@ def _shallow(config: BaselineConfig, n_chans: int, info: RecordingInfo) -> nn.Mo
 def _conformer(config: BaselineConfig, n_chans: int, info: RecordingInfo) -> nn.Module:
     from braindecode.models import EEGConformer
 
-    scale = [_scaled(n, 250.0, info.sfreq, config.scale_to_sfreq) for n in (25, 75, 15)]
+    scale = _fbcsp_lengths(config, info)
     return EEGConformer(
         n_chans=n_chans,
         n_outputs=info.n_classes,

@@ -320,15 +320,7 @@ def _write_run(
                 "n_voxels": model.n_voxels[subject],
             }
         },
-        "training": {
-            "global_steps": state.global_step,
-            "epochs": len(state.history),
-            "train_seconds": round(state.train_seconds, 3),
-            "best_val_loss": min(
-                (h["val_loss"] for h in state.history if h["val_loss"] is not None), default=None
-            ),
-            "history": state.history,
-        },
+        "training": ckpt.training_summary(state),
     }
     with atomic_directory(out) as tmp:  # `adapt_model` refused a non-empty `out` unless overwrite
         ckpt.save_weights(tmp / "model.safetensors", ckpt.weights(model))

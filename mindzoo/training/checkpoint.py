@@ -58,6 +58,22 @@ class TrainerState:
     history: list[dict[str, Any]] = field(default_factory=list)
 
 
+def training_summary(state: TrainerState) -> dict[str, Any]:
+    """What a run's ``metrics.json`` says about its training: steps, epochs, samples/s (training
+    loop time, validation excluded), the best validation loss and the per-epoch history."""
+    return {
+        "global_steps": state.global_step,
+        "epochs": len(state.history),
+        "samples_seen": state.samples_seen,
+        "train_seconds": round(state.train_seconds, 3),
+        "samples_per_second": round(state.samples_seen / max(state.train_seconds, 1e-9), 1),
+        "best_val_loss": min(
+            (h["val_loss"] for h in state.history if h["val_loss"] is not None), default=None
+        ),
+        "history": state.history,
+    }
+
+
 def write_json(path: Path, payload: Any) -> None:
     """Write JSON atomically (temporary file, then rename)."""
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}")

@@ -587,16 +587,6 @@ def _write_results(
         "kind": model.kind,
         "parameters": du_in.count_parameters(model),
         "subjects": subjects,
-        "training": {
-            "global_steps": state.global_step,
-            "epochs": len(state.history),
-            "samples_seen": state.samples_seen,
-            "train_seconds": round(state.train_seconds, 3),
-            "samples_per_second": round(state.samples_seen / max(state.train_seconds, 1e-9), 1),
-            "best_val_loss": min(
-                (h["val_loss"] for h in state.history if h["val_loss"] is not None), default=None
-            ),
-            "history": state.history,
-        },
+        "training": ckpt.training_summary(state),
     }
     ckpt.write_json(out / "metrics.json", metrics)
