@@ -55,6 +55,7 @@ from mindzoo.errors import UserInputError
 from mindzoo.models import du_in, eeg_baselines
 from mindzoo.models.registry import get_model_info
 from mindzoo.training import checkpoint as ckpt
+from mindzoo.training.run import prepare_run_dir
 from mindzoo.training.trainer import (
     TrainerConfig,
     lr_multiplier,
@@ -456,29 +457,6 @@ def load_ephys_model(path: Path) -> nn.Module:
     return model.eval()
 
 
-def _check_out(out: Path, resume: bool, run_config: dict[str, Any]) -> None:
-    """Refuse to clobber a run; on resume the settings must be the run's."""
-    if not (out.exists() and any(out.iterdir())):
-        return
-    if not resume:
-        raise UserInputError(
-            f"Run directory {out} exists and is not empty; choose another --out, or pass "
-            "--resume to continue its last checkpoint"
-        )
-    if (out / "metrics.json").is_file():
-        raise UserInputError(
-            f"Run {out} is already finished; evaluate it or train into a new --out"
-        )
-    saved_path = out / "config.json"
-    saved = json.loads(saved_path.read_text()) if saved_path.is_file() else {}
-    for key in ("model", "settings", "store_config_hash", "subjects", "build"):
-        if saved.get(key) != run_config[key]:
-            raise UserInputError(
-                f"Cannot resume {out}: its {key} differs from this call's ({saved_path}); "
-                "resume with the same model, store, subjects and --set options"
-            )
-
-
 def train_ephys(
     name: str,
     store_path: Path,
@@ -523,7 +501,7 @@ def train_ephys(
         "init": str(init.path) if init else None,
     }
     out = Path(out)
-    _check_out(out, resume, run_config)
+    prepare_run_dir(out, resume, False, run_config, is_main=True)
     splits = {s: EphysDataset(store, chosen, s, data_config) for s in ("train", "val", "test")}
     created = not out.exists()
     if accelerator.is_main_process:

@@ -226,7 +226,7 @@ def decoder_targets(settings: TrainSettings) -> tuple[dict[str, str], str]:
     return targets, named[0]
 
 
-def _prepare_out(
+def prepare_run_dir(
     out: Path, resume: bool, overwrite: bool, run_config: dict[str, Any], is_main: bool
 ) -> None:
     """Refuse a run directory that would be clobbered; on resume check the settings match.
@@ -282,7 +282,7 @@ def _train_decoder(
     )
     model.target_scaler.fit(splits["train"].target_statistics())
     run_config = _run_config(name, settings, store, chosen, model)
-    _prepare_out(out, resume, overwrite, run_config, accelerator.is_main_process)
+    prepare_run_dir(out, resume, overwrite, run_config, accelerator.is_main_process)
     accelerator.wait_for_everyone()  # every process has checked `out` before anyone writes
     created = not out.exists()
     if accelerator.is_main_process:
