@@ -25,14 +25,13 @@ per subject plus one for the category patterns shared by all subjects):
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 from tqdm.auto import tqdm
 
+from mindzoo.atomic import atomic_directory
 from mindzoo.datasets.synthetic_ieeg import _spectral_noise
 from mindzoo.errors import UserInputError
 
@@ -177,10 +176,7 @@ def simulate_bids(out_dir: Path, config: SyntheticEEGConfig, progress: bool = Tr
         raise UserInputError(
             f"Output directory {out_dir} already exists and is not empty; remove it or choose another"
         )
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
-    tmp.chmod(0o755)
-    try:
+    with atomic_directory(out_dir) as tmp:
         shared, *subjects = np.random.SeedSequence(config.seed).spawn(1 + config.n_subjects)
         for index, seed in enumerate(
             tqdm(subjects, desc="simulating EEG", unit="subject", disable=not progress)
@@ -198,10 +194,4 @@ def simulate_bids(out_dir: Path, config: SyntheticEEGConfig, progress: bool = Tr
             write_raw_bids(
                 raw, path, format="BrainVision", allow_preload=True, overwrite=True, verbose="error"
             )
-        if out_dir.exists():
-            out_dir.rmdir()
-        tmp.rename(out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out_dir

@@ -38,8 +38,6 @@ for every seed. The simulator knows nothing of any decoding model.
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -47,6 +45,7 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from tqdm.auto import tqdm
 
+from mindzoo.atomic import atomic_directory
 from mindzoo.errors import UserInputError
 
 TASK = "wordreading"
@@ -285,10 +284,7 @@ def simulate_bids(out_dir: Path, config: SyntheticIEEGConfig, progress: bool = T
         raise UserInputError(
             f"Output directory {out_dir} already exists and is not empty; remove it or choose another"
         )
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
-    tmp.chmod(0o755)
-    try:
+    with atomic_directory(out_dir) as tmp:
         words = word_list(config.n_words)
         seeds = np.random.SeedSequence(config.seed).spawn(config.n_subjects)
         for index, seed in enumerate(
@@ -299,12 +295,6 @@ def simulate_bids(out_dir: Path, config: SyntheticIEEGConfig, progress: bool = T
                 np.random.default_rng(seed), config, words
             )
             _write_subject(tmp, subject, montage, data, events, bads, config)
-        if out_dir.exists():
-            out_dir.rmdir()
-        tmp.rename(out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out_dir
 
 
