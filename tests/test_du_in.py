@@ -317,6 +317,34 @@ def test_wrong_init_runs_are_one_line_errors(
     assert not any(tmp_path.iterdir())  # nothing written
 
 
+def test_channel_mismatch_compares_names_then_counts() -> None:
+    names = {"sub-01": ["A1-A2", "A2-A3"], "sub-02": ["B1-B2"]}
+    info = RecordingInfo({"sub-01": 2, "sub-02": 1}, 100, 100.0, 3, names)
+    assert info.channel_mismatch(info) is None
+    other = RecordingInfo({"sub-01": 2}, 100, 100.0, 1, {"sub-01": ["A1-A2", "A3-A4"]})
+    message = info.channel_mismatch(other)
+    assert message is not None and message.startswith("sub-01") and "A2-A3" in message
+    # a subject only one side has is not a mismatch (a new subject gets fresh layers)
+    assert info.channel_mismatch(RecordingInfo({"sub-03": 5}, 100, 100.0, 1)) is None
+    # runs written before channel names were kept: counts decide
+    assert info.channel_mismatch(RecordingInfo({"sub-01": 2}, 100, 100.0, 1)) is None
+    assert "2 channels here and 3" in info.channel_mismatch(RecordingInfo({"sub-01": 3}, 1, 1.0, 1))
+
+
+def test_cls_refuses_an_encoder_pretrained_on_other_channels(
+    stages: dict[str, Path], tmp_path: Path
+) -> None:
+    """A pre-training store and a labeled store must select the same channels per subject."""
+    other = write_ephys_store(tmp_path / "other", n_channels=(7, 8), seed=1)
+    with pytest.raises(UserInputError, match="pre-trained on other channels: sub-01") as err:
+        train_ephys("du-in-cls", other, tmp_path / "cls", overrides=[f"init={stages['mae']}"])
+    assert "\n" not in str(err.value)
+    assert not (tmp_path / "cls").exists()
+    with pytest.raises(UserInputError, match="tokenizer was trained on other channels"):
+        train_ephys("du-in-mae", other, tmp_path / "mae", overrides=[f"init={stages['vqvae']}"])
+    assert not (tmp_path / "mae").exists()
+
+
 def test_resume_continues_to_the_same_weights(store: Path, tmp_path: Path) -> None:
     torch.set_num_threads(1)
     settings = [*TINY, "trainer.epochs=2", "trainer.keep_checkpoints=5"]

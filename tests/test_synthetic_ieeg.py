@@ -134,3 +134,58 @@ def test_word_information_only_in_speech_regions(tmp_path: Path) -> None:
 
     assert accuracy(speech) > 0.8
     assert accuracy(~speech) < 0.5
+
+
+def test_free_speech_recording_shares_the_subjects(tiny_root: Path, tmp_path: Path) -> None:
+    """simulator.speech_seconds adds an unlabeled task-speech run per subject without changing
+    the word-reading runs; its utterances raise high gamma in speech contacts only; prepared as
+    synthetic-ieeg-speech it has the channels of the labeled store."""
+    import mne
+
+    config = SyntheticIEEGConfig(**{**TINY, "n_subjects": 1, "speech_seconds": 60.0})
+    root = simulate_bids(tmp_path / "bids", config, progress=False)
+    folder = root / "sub-01" / "ieeg"
+    reading = "sub-01_task-wordreading_run-1_ieeg.eeg"
+    assert (folder / reading).read_bytes() == (tiny_root / "sub-01" / "ieeg" / reading).read_bytes()
+    events = pd.read_csv(folder / "sub-01_task-speech_run-1_events.tsv", sep="\t")
+    assert set(events["trial_type"]) == {"utterance"}
+    gaps = np.diff(events["onset"].to_numpy())
+    assert gaps.min() >= 0.8 - 1e-3 and gaps.max() <= 1.6 + 1e-3
+    assert 30 <= len(events) <= 75 and events["onset"].max() + 1.0 <= 60.0
+
+    raw = mne.io.read_raw_brainvision(
+        folder / "sub-01_task-speech_run-1_ieeg.vhdr", preload=True, verbose="error"
+    )
+    assert raw.times[-1] == pytest.approx(60.0, abs=0.01)
+    electrodes = pd.read_csv(next(folder.glob("*_electrodes.tsv")), sep="\t").set_index("name")
+    raw.notch_filter([50, 100, 150], verbose="error")
+    raw.filter(70, 170, verbose="error")
+    power = raw.get_data() ** 2
+    sfreq = raw.info["sfreq"]
+    mask = np.zeros(power.shape[1], dtype=bool)
+    for onset in events["onset"]:
+        mask[int((onset + 0.2) * sfreq) : int((onset + 0.8) * sfreq)] = True
+    ratio = power[:, mask].mean(axis=1) / power[:, ~mask].mean(axis=1)
+    regions = electrodes.loc[raw.ch_names, "region"].to_numpy()
+    bads = pd.read_csv(folder / "sub-01_task-speech_run-1_channels.tsv", sep="\t")["status"]
+    good = bads.to_numpy() == "good"
+    speech = np.isin(regions, SPEECH_REGIONS) & good
+    silent = (regions == "white-matter") & good
+    assert np.median(ratio[speech]) > 1.1
+    assert np.median(ratio[silent]) == pytest.approx(1.0, abs=0.05)
+
+    sets = [f"simulator.{k}={list(v) if isinstance(v, tuple) else v}" for k, v in TINY.items()]
+    sets += ["simulator.n_subjects=1", "simulator.speech_seconds=60.0"]
+    unlabeled = TensorStore.open(
+        prepare_dataset(
+            "synthetic-ieeg-speech", tmp_path / "pre", overrides=sets, progress=False
+        ).version_dir
+    )
+    labeled = TensorStore.open(
+        prepare_dataset(
+            "synthetic-ieeg", tmp_path / "lab", overrides=sets, progress=False
+        ).version_dir
+    )
+    assert unlabeled.stimulus_labels == ["window"]
+    assert unlabeled.signals("sub-01").shape[0] == 60  # back-to-back 1 s windows of 60 s
+    assert unlabeled.axis("sub-01")[1]["names"] == labeled.axis("sub-01")[1]["names"]

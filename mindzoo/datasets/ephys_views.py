@@ -61,14 +61,41 @@ class RecordingInfo:
     n_times: int
     sfreq: float
     n_classes: int
+    channel_names: dict[str, list[str]] | None = None  # subject -> names (runs before: None)
 
     def as_dict(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "channels": dict(self.channels),
             "n_times": self.n_times,
             "sfreq": self.sfreq,
             "n_classes": self.n_classes,
         }
+        if self.channel_names is not None:
+            out["channel_names"] = {s: list(n) for s, n in self.channel_names.items()}
+        return out
+
+    def channel_mismatch(self, other: RecordingInfo) -> str | None:
+        """A one-line description of the first subject both recordings have whose channels
+        differ (names where both know them, else counts); None when they all agree.
+
+        Per-subject layers (Du-IN's spatial linear) are only meaningful on the channels they
+        were trained on: a pre-training store and a labeled store must select the same ones.
+        """
+        for subject, count in self.channels.items():
+            if subject not in other.channels:
+                continue
+            ours = (self.channel_names or {}).get(subject)
+            theirs = (other.channel_names or {}).get(subject)
+            if ours is not None and theirs is not None:
+                if list(ours) != list(theirs):
+                    extra = sorted(set(ours) ^ set(theirs))[:3]
+                    return (
+                        f"{subject} has {len(ours)} channels here and {len(theirs)} there"
+                        f" (differing: {', '.join(extra) or 'the order'})"
+                    )
+            elif count != other.channels[subject]:
+                return f"{subject} has {count} channels here and {other.channels[subject]} there"
+        return None
 
 
 def recording_info(store: TensorStore, subjects: list[str]) -> RecordingInfo:
@@ -77,7 +104,7 @@ def recording_info(store: TensorStore, subjects: list[str]) -> RecordingInfo:
     A store without ``sfreq`` in its channel axis, or with subjects of different trial lengths
     or sampling rates, is not an ephys store these models can read: one-line error.
     """
-    channels, lengths, rates = {}, set(), set()
+    channels, names, lengths, rates = {}, {}, set(), set()
     for subject in subjects:
         shape = store.signals(subject).shape
         if len(shape) != 3:
@@ -91,6 +118,7 @@ def recording_info(store: TensorStore, subjects: list[str]) -> RecordingInfo:
                 f"{subject} in store {store.path} has no sfreq in its channel axis; re-run prepare"
             )
         channels[subject] = int(shape[1])
+        names[subject] = [str(n) for n in attrs.get("names", [])]
         lengths.add(int(shape[2]))
         rates.add(float(attrs["sfreq"]))
     if len(lengths) != 1 or len(rates) != 1:
@@ -98,7 +126,10 @@ def recording_info(store: TensorStore, subjects: list[str]) -> RecordingInfo:
             f"Subjects of store {store.path} differ in trial length {sorted(lengths)} or sampling "
             f"rate {sorted(rates)}; train on subjects that share both (--subjects)"
         )
-    return RecordingInfo(channels, lengths.pop(), rates.pop(), len(store.stimulus_ids))
+    known = all(len(names[s]) == channels[s] for s in subjects)
+    return RecordingInfo(
+        channels, lengths.pop(), rates.pop(), len(store.stimulus_ids), names if known else None
+    )
 
 
 class EphysDataset:

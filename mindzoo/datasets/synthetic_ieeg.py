@@ -30,6 +30,12 @@ Generative model (all units volts, times seconds; every random draw comes from
   ``status=bad`` in channels.tsv.
 - **Trials.** ``repetitions`` trials per word in a random order, one cue every ``trial_period``
   seconds plus U(0, 0.1) s, split over ``n_runs`` runs; events.tsv ``trial_type`` is the word.
+- **Free speech** (task ``speech``, ``speech_seconds`` per subject, 0 = none): one unlabeled
+  recording of the same contacts in which the subject keeps speaking words outside the
+  vocabulary: an utterance every U(0.8, 1.6) s whose syllable features z_s ~ N(0, I_8) are fresh
+  for each utterance, through the same loadings, lags and gain (no cue response). Du-IN
+  pre-trains on hours of such unlabeled recordings; the labeled trials are a small part. Drawn
+  from its own seed stream, so it never changes the word-reading runs of a seed.
 
 Words are 61 (``n_words``) fixed two-syllable pseudo-words (``bado``, ``kesu`` ...), the same
 for every seed. The simulator knows nothing of any decoding model.
@@ -38,6 +44,7 @@ for every seed. The simulator knows nothing of any decoding model.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -49,6 +56,7 @@ from mindzoo.atomic import atomic_directory
 from mindzoo.errors import UserInputError
 
 TASK = "wordreading"
+SPEECH_TASK = "speech"
 SPEECH_REGIONS = ("vSMC", "STG")
 REGION_CENTRES = {
     "vSMC": (-58.0, -8.0, 28.0),
@@ -94,6 +102,10 @@ class SyntheticIEEGConfig(BaseModel):
     line_freq: float = 50.0
     line_uv: float = 20.0
     n_bad: int = Field(default=2, ge=0)
+    speech_seconds: float = Field(default=0.0, ge=0)
+    """Length of the unlabeled free-speech recording per subject (task ``speech``), s; 0 writes
+    none. Prepare it as a pre-training store with ``--set pipeline.task=speech
+    pipeline.fixed_length=1.0``."""
 
     @model_validator(mode="after")
     def _ranges(self) -> SyntheticIEEGConfig:
@@ -204,36 +216,66 @@ def _gaussian(t: np.ndarray, centre: np.ndarray, sd: float) -> np.ndarray:
     return np.exp(-0.5 * ((t - centre) / sd) ** 2)
 
 
+@dataclass(frozen=True)
+class SpeechModel:
+    """How one subject's contacts respond to speech: syllable-feature loadings ``[ch, 8]``, lags
+    ``[ch]`` (s), the speech-contact mask ``[ch]`` and the gain."""
+
+    loadings: np.ndarray
+    lags: np.ndarray
+    speech: np.ndarray
+    gain: float
+
+    def envelope(self, features: np.ndarray, sfreq: float) -> np.ndarray:
+        """High-gamma envelope increments of utterances with syllable features
+        ``[n, 3, 8]`` over the 1 s after their onset: ``[n, ch, time]``."""
+        t = np.arange(int(round(1.0 * sfreq))) / sfreq
+        patterns = np.zeros((len(features), len(self.lags), len(t)), dtype=np.float32)
+        for s, time in enumerate(_SYLLABLE_TIMES):
+            bumps = _gaussian(t[None, :], time + self.lags[:, None], _SYLLABLE_SD)  # [ch, time]
+            weights = np.maximum(features[:, s] @ self.loadings.T, 0.0) * self.speech  # [n, ch]
+            patterns += (self.gain * weights[:, :, None] * bumps[None]).astype(np.float32)
+        return patterns
+
+
 def word_patterns(
     rng: np.random.Generator, regions: np.ndarray, n_words: int, sfreq: float, gain: float
-) -> tuple[np.ndarray, np.ndarray]:
+) -> tuple[np.ndarray, np.ndarray, SpeechModel]:
     """High-gamma envelope increments after the cue: word-specific [word, ch, time] (zero
-    outside speech regions) and the word-independent cue response [ch, time] (other cortex)."""
+    outside speech regions), the word-independent cue response [ch, time] (other cortex), and
+    the subject's :class:`SpeechModel` that made the word patterns."""
     n_channels = len(regions)
     t = np.arange(int(round(1.0 * sfreq))) / sfreq
     features = rng.standard_normal((n_words, len(_SYLLABLE_TIMES), _N_FEATURES))
     loadings = rng.standard_normal((n_channels, _N_FEATURES)) / np.sqrt(_N_FEATURES)
     lags = rng.uniform(-0.03, 0.03, n_channels) + np.where(regions == "STG", 0.1, 0.0)
     speech = np.isin(regions, SPEECH_REGIONS)
-    patterns = np.zeros((n_words, n_channels, len(t)), dtype=np.float32)
-    for s, time in enumerate(_SYLLABLE_TIMES):
-        bumps = _gaussian(t[None, :], time + lags[:, None], _SYLLABLE_SD)  # [ch, time]
-        weights = np.maximum(features[:, s] @ loadings.T, 0.0) * speech  # [word, ch]
-        patterns += (gain * weights[:, :, None] * bumps[None]).astype(np.float32)
+    model = SpeechModel(loadings, lags, speech, gain)
     cortical = ~speech & (regions != WHITE_MATTER)
     cue = (cortical[:, None] * _gaussian(t[None, :], np.full((1, 1), _CUE_TIME), _CUE_SD)).astype(
         np.float32
     )
-    return patterns, cue
+    return model.envelope(features, sfreq), cue, model
+
+
+@dataclass(frozen=True)
+class SimulatedSubject:
+    """What the runs of one subject share: contacts, bad contacts, speech model, line gains."""
+
+    montage: pd.DataFrame
+    bads: list[str]
+    model: SpeechModel
+    line_gain: np.ndarray
 
 
 def simulate_subject(
     rng: np.random.Generator, config: SyntheticIEEGConfig, words: list[str]
-) -> tuple[pd.DataFrame, list[np.ndarray], list[pd.DataFrame], list[str]]:
-    """One subject: montage, per-run data [ch, time] (V), per-run events, bad channel names."""
+) -> tuple[SimulatedSubject, list[np.ndarray], list[pd.DataFrame]]:
+    """One subject's word-reading runs: the subject, per-run data [ch, time] (V) and per-run
+    events."""
     montage = make_montage(rng, config)
     regions = montage["region"].to_numpy()
-    patterns, cue = word_patterns(rng, regions, len(words), config.sfreq, config.hg_gain)
+    patterns, cue, model = word_patterns(rng, regions, len(words), config.sfreq, config.hg_gain)
     n_channels, n_pattern = len(montage), patterns.shape[2]
     order = rng.permutation(np.repeat(np.arange(len(words)), config.repetitions))
     runs = np.array_split(order, config.n_runs)
@@ -251,27 +293,64 @@ def simulate_subject(
             envelope[:, start : start + n_pattern] += amplitude * patterns[word]
             cue_start = int(round(onset * config.sfreq))
             envelope[:, cue_start : cue_start + n_pattern] += cue
-        signal = _background(
-            rng, montage["group"].to_numpy(), n_samples, config.sfreq, config.background_uv
-        )
-        signal += _carrier(rng, n_channels, n_samples, config.sfreq, config.hg_uv) * envelope
-        del envelope
-        t = np.arange(n_samples, dtype=np.float32) / np.float32(config.sfreq)
-        line = sum(
-            a * np.sin(2 * np.pi * config.line_freq * k * t + rng.uniform(0, 2 * np.pi))
-            for k, a in ((1, 1.0), (2, 0.3), (3, 0.1))
-        )
-        signal += config.line_uv * line_gain[:, None] * line.astype(np.float32)[None, :]
-        for k, name in enumerate(bads):
-            row = int(np.flatnonzero(montage["name"] == name)[0])
-            signal[row] *= np.float32(1e-3 if k % 2 == 0 else 20.0)
-        data.append(signal * np.float32(1e-6))
+        data.append(_record(rng, montage, envelope, config, line_gain, bads))
         events.append(
             pd.DataFrame(
                 {"onset": onsets, "duration": 1.0, "trial_type": [words[w] for w in trials]}
             )
         )
-    return montage, data, events, bads
+    return SimulatedSubject(montage, bads, model, line_gain), data, events
+
+
+def simulate_speech(
+    rng: np.random.Generator, config: SyntheticIEEGConfig, subject: SimulatedSubject
+) -> tuple[np.ndarray, pd.DataFrame]:
+    """The unlabeled free-speech recording of one subject: data [ch, time] (V) of
+    ``speech_seconds`` and its utterance onsets (events.tsv ``trial_type`` "utterance")."""
+    n_samples = int(round(config.speech_seconds * config.sfreq))
+    n_pattern = int(round(1.0 * config.sfreq))
+    gaps = rng.uniform(0.8, 1.6, int(config.speech_seconds / 0.8) + 1)
+    onsets = 1.0 + np.concatenate([[0.0], np.cumsum(gaps)])
+    onsets = onsets[onsets + 1.0 <= config.speech_seconds]
+    features = rng.standard_normal((len(onsets), len(_SYLLABLE_TIMES), _N_FEATURES))
+    amplitudes = rng.lognormal(0.0, 0.25, len(onsets)).astype(np.float32)
+    envelope = np.ones((len(subject.montage), n_samples), dtype=np.float32)
+    for chunk in range(0, len(onsets), 256):  # bounded memory: 256 utterances at a time
+        patterns = subject.model.envelope(features[chunk : chunk + 256], config.sfreq)
+        for k, pattern in enumerate(patterns):
+            start = int(round(onsets[chunk + k] * config.sfreq))
+            envelope[:, start : start + n_pattern] += amplitudes[chunk + k] * pattern
+    data = _record(rng, subject.montage, envelope, config, subject.line_gain, subject.bads)
+    events = pd.DataFrame({"onset": onsets, "duration": 1.0, "trial_type": "utterance"})
+    return data, events
+
+
+def _record(
+    rng: np.random.Generator,
+    montage: pd.DataFrame,
+    envelope: np.ndarray,
+    config: SyntheticIEEGConfig,
+    line_gain: np.ndarray,
+    bads: list[str],
+) -> np.ndarray:
+    """One recording [ch, time] (V): background + high-gamma carrier x ``envelope`` + line
+    noise, bad contacts flattened or amplified. ``envelope`` is consumed."""
+    n_channels, n_samples = envelope.shape
+    signal = _background(
+        rng, montage["group"].to_numpy(), n_samples, config.sfreq, config.background_uv
+    )
+    signal += _carrier(rng, n_channels, n_samples, config.sfreq, config.hg_uv) * envelope
+    del envelope
+    t = np.arange(n_samples, dtype=np.float32) / np.float32(config.sfreq)
+    line = sum(
+        a * np.sin(2 * np.pi * config.line_freq * k * t + rng.uniform(0, 2 * np.pi))
+        for k, a in ((1, 1.0), (2, 0.3), (3, 0.1))
+    )
+    signal += config.line_uv * line_gain[:, None] * line.astype(np.float32)[None, :]
+    for k, name in enumerate(bads):
+        row = int(np.flatnonzero(montage["name"] == name)[0])
+        signal[row] *= np.float32(1e-3 if k % 2 == 0 else 20.0)
+    return signal * np.float32(1e-6)
 
 
 def simulate_bids(out_dir: Path, config: SyntheticIEEGConfig, progress: bool = True) -> Path:
@@ -290,35 +369,38 @@ def simulate_bids(out_dir: Path, config: SyntheticIEEGConfig, progress: bool = T
         for index, seed in enumerate(
             tqdm(seeds, desc="simulating sEEG", unit="subject", disable=not progress)
         ):
-            subject = f"{index + 1:02d}"
-            montage, data, events, bads = simulate_subject(
-                np.random.default_rng(seed), config, words
-            )
-            _write_subject(tmp, subject, montage, data, events, bads, config)
+            simulated, data, events = simulate_subject(np.random.default_rng(seed), config, words)
+            recordings = [
+                (TASK, run, d, e) for run, (d, e) in enumerate(zip(data, events, strict=True), 1)
+            ]
+            if config.speech_seconds > 0:  # its own stream: the word-reading runs stay the same
+                speech_rng = np.random.default_rng(seed.spawn(1)[0])
+                recordings.append((SPEECH_TASK, 1, *simulate_speech(speech_rng, config, simulated)))
+            _write_subject(tmp, f"{index + 1:02d}", simulated, recordings, config)
     return out_dir
 
 
 def _write_subject(
     root: Path,
     subject: str,
-    montage: pd.DataFrame,
-    data: list[np.ndarray],
-    events: list[pd.DataFrame],
-    bads: list[str],
+    simulated: SimulatedSubject,
+    recordings: list[tuple[str, int, np.ndarray, pd.DataFrame]],
     config: SyntheticIEEGConfig,
 ) -> None:
-    """write_raw_bids (BrainVision) per run, then electrodes.tsv (with regions) and coordsystem."""
+    """write_raw_bids (BrainVision) per (task, run, data [ch, time] V, events) recording, then
+    electrodes.tsv (with regions) and coordsystem."""
     import mne
     from mne_bids import BIDSPath, write_raw_bids
 
+    montage = simulated.montage
     names = montage["name"].tolist()
-    for run, (signal, table) in enumerate(zip(data, events, strict=True), start=1):
+    for task, run, signal, table in recordings:
         info = mne.create_info(names, config.sfreq, "seeg")
         info["line_freq"] = config.line_freq
         raw = mne.io.RawArray(signal, info, verbose="error")
-        raw.info["bads"] = list(bads)
+        raw.info["bads"] = list(simulated.bads)
         raw.set_annotations(mne.Annotations(table["onset"], table["duration"], table["trial_type"]))
-        path = BIDSPath(subject=subject, task=TASK, run=run, datatype="ieeg", root=root)
+        path = BIDSPath(subject=subject, task=task, run=run, datatype="ieeg", root=root)
         write_raw_bids(
             raw, path, format="BrainVision", allow_preload=True, overwrite=True, verbose="error"
         )

@@ -414,11 +414,17 @@ class DuINMAE(nn.Module):
         super().__init__()
         self.config, self.info = config, info
         teacher_info = teacher_info or info
-        missing = [s for s, n in info.channels.items() if teacher_info.channels.get(s) != n]
+        missing = [s for s in info.channels if s not in teacher_info.channels]
         if missing:
             raise UserInputError(
-                f"Subject {missing[0]} ({info.channels[missing[0]]} channels) is not among the "
-                f"tokenizer's subjects {teacher_info.channels}; pre-train du-in-vqvae on it first"
+                f"Subject {missing[0]} is not among the tokenizer's subjects "
+                f"{', '.join(teacher_info.channels)}; pre-train du-in-vqvae on it first"
+            )
+        mismatch = info.channel_mismatch(teacher_info)
+        if mismatch:
+            raise UserInputError(
+                f"The tokenizer was trained on other channels: {mismatch}; pre-train du-in-vqvae "
+                "on a store with the same channel selection (pipeline.channels.*)"
             )
         self.encoder = DuINEncoder(config, info)
         self.mask_token = nn.Parameter(torch.zeros(self.encoder.d_model))

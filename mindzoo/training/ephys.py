@@ -148,6 +148,13 @@ def _cls_prepare(model: dict[str, Any], init: InitRun) -> tuple[dict[str, Any], 
 
 
 def _cls_apply(model: nn.Module, init: InitRun) -> None:
+    mismatch = model.info.channel_mismatch(RecordingInfo(**init.config["build"]["info"]))
+    if mismatch:
+        raise UserInputError(
+            f"--set init={init.path} was pre-trained on other channels: {mismatch}; prepare the "
+            "pre-training and the labeled store with the same pipeline.channels.* and simulator "
+            "settings"
+        )
     du_in.load_encoder(model.encoder, init.weights(), str(init.path))
 
 
