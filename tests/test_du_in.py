@@ -24,9 +24,11 @@ from mindzoo.models.du_in import (
     CosineVectorQuantizer,
     DuINConfig,
     DuINVQVAE,
+    SubjectBatchNorm,
     build_stage,
     first_conv_geometry,
     masked_code_loss,
+    subject_of_key,
     symmetric_masks,
 )
 from mindzoo.training.ephys import load_ephys_model, resolve_ephys_settings, train_ephys
@@ -267,7 +269,7 @@ def test_mae_learns_the_codes_of_its_vqvae_run(stages: dict[str, Path]) -> None:
     assert all(torch.equal(teacher[k], vqvae[k]) for k in vqvae)  # frozen: unchanged
     # the student encoder is a fresh one, not the tokenizer's
     assert not torch.equal(
-        mae["encoder.tokenizer.blocks.0.weight"], vqvae["encoder.tokenizer.blocks.0.weight"]
+        mae["encoder.tokenizer.convs.0.weight"], vqvae["encoder.tokenizer.convs.0.weight"]
     )
     config = json.loads((stages["mae"] / "config.json").read_text())
     assert config["init"] == str(stages["vqvae"].resolve())
@@ -315,6 +317,27 @@ def test_wrong_init_runs_are_one_line_errors(
             "du-in-vqvae", store, tmp_path / "d", overrides=[*TINY, f"init={stages['vqvae']}"]
         )
     assert not any(tmp_path.iterdir())  # nothing written
+
+
+def test_tokenizer_norm_keeps_statistics_per_subject() -> None:
+    """Subjects whose spatial layers output different scales are each normalised correctly in
+    eval mode (a shared running mean/var would leave sub-02 at 10x)."""
+    torch.manual_seed(0)
+    norm = SubjectBatchNorm(3, ["sub-01", "sub-02"])
+    scale = {"sub-01": 1.0, "sub-02": 10.0}
+    norm.train()
+    for _ in range(200):
+        for subject, k in scale.items():
+            norm(k * torch.randn(64, 3, 5) + k, subject)
+    norm.eval()
+    for subject, k in scale.items():
+        out = norm(k * torch.randn(512, 3, 5) + k, subject)
+        assert out.mean().item() == pytest.approx(0.0, abs=0.1)
+        assert out.std().item() == pytest.approx(1.0, abs=0.1)
+    assert subject_of_key("tokenizer.norms.1.stats.sub-02.running_var") == "sub-02"
+    assert subject_of_key("subject.layers.sub-01.weight") == "sub-01"
+    assert subject_of_key("tokenizer.norms.1.weight") is None
+    assert subject_of_key("transformer.layers.0.qkv.weight") is None
 
 
 def test_channel_mismatch_compares_names_then_counts() -> None:
