@@ -340,6 +340,17 @@ def test_tokenizer_norm_keeps_statistics_per_subject() -> None:
     assert subject_of_key("transformer.layers.0.qkv.weight") is None
 
 
+def test_classifier_head_starts_as_du_in() -> None:
+    """Du-IN's head init (N(0, 0.02) weights, zero biases)."""
+    torch.manual_seed(0)
+    info = RecordingInfo({"sub-01": 4}, n_times=100, sfreq=100.0, n_classes=5)
+    model = build_stage("cls", small_config(), info)
+    hidden, out = model.head[1], model.head[4]
+    for layer in (hidden, out):
+        assert torch.count_nonzero(layer.bias) == 0
+        assert layer.weight.std().item() == pytest.approx(0.02, rel=0.15)
+
+
 def test_channel_mismatch_compares_names_then_counts() -> None:
     names = {"sub-01": ["A1-A2", "A2-A3"], "sub-02": ["B1-B2"]}
     info = RecordingInfo({"sub-01": 2, "sub-02": 1}, 100, 100.0, 3, names)
