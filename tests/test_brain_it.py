@@ -95,10 +95,17 @@ def test_default_cluster_count_scales_with_voxels() -> None:
 
 
 def _reference_pooling(
-    pool: VoxelClusterPooling, voxels: torch.Tensor, emb: torch.Tensor, clusters: torch.Tensor
+    pool: VoxelClusterPooling,
+    voxels: torch.Tensor,
+    emb: torch.Tensor,
+    clusters: torch.Tensor,
+    member_weights: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """The pooling written as an explicit loop over clusters and heads."""
+    """The pooling written as an explicit loop over clusters and heads; a member with weight
+    ``w`` gets attention ``w exp(s) / sum(w' exp(s'))`` within its cluster."""
     heads, d = pool.n_heads, pool.head_dim
+    if member_weights is None:
+        member_weights = torch.ones(len(clusters))
     x = voxels.unsqueeze(-1) * emb  # [B, V, D]
     keys, values = pool.key(x), pool.value(x)
     tokens = []
@@ -110,7 +117,9 @@ def _reference_pooling(
             q = pool.cluster_queries[c, part]
             if members.any():
                 scores = keys[:, members, part] @ q / d**0.5  # [B, n_members]
-                parts.append((scores.softmax(-1).unsqueeze(-1) * values[:, members, part]).sum(1))
+                attention = member_weights[members] * scores.exp()
+                attention = attention / attention.sum(-1, keepdim=True)
+                parts.append((attention.unsqueeze(-1) * values[:, members, part]).sum(1))
             else:
                 parts.append(torch.zeros(len(voxels), d))
         tokens.append(torch.cat(parts, -1) + pool.root(pool.cluster_queries[c]))
@@ -131,6 +140,26 @@ def test_pooling_attends_to_cluster_members_only() -> None:
     moved = (pool(perturbed, emb, clusters) - tokens).abs().amax(dim=(0, 2))
     assert moved[2] > 1e-3
     assert torch.equal(moved[[0, 1, 3]], torch.zeros(3))
+
+
+def test_pooling_weighs_soft_members_within_their_cluster() -> None:
+    torch.manual_seed(0)
+    pool = VoxelClusterPooling(dim=8, n_clusters=4, n_heads=2)
+    voxels, emb = torch.randn(3, 6), torch.randn(6, 8)
+    clusters = torch.tensor([0, 0, 1, 1, 2, 2])
+    weights = torch.tensor([0.7, 0.3, 0.5, 0.5, 0.9, 0.1])
+    tokens = pool(voxels, emb, clusters, weights.log())
+    reference = _reference_pooling(pool, voxels, emb, clusters, weights)
+    torch.testing.assert_close(tokens, reference)
+    assert (tokens - pool(voxels, emb, clusters)).abs().amax() > 1e-3  # the weights matter
+    # a voxel split into two entries of the same cluster with weights 1/2 is that voxel
+    split = pool(
+        voxels[:, [0, 0, 2]],
+        emb[[0, 0, 2]],
+        torch.tensor([0, 0, 1]),
+        torch.tensor([0.5, 0.5, 1.0]).log(),
+    )
+    torch.testing.assert_close(split, pool(voxels[:, [0, 2]], emb[[0, 2]], torch.tensor([0, 1])))
 
 
 def _toy_splits(tmp_path: Path, subjects: list[str]) -> tuple[TensorStore, dict[str, FMRIDataset]]:
@@ -219,6 +248,7 @@ def test_training_lowers_the_loss_and_a_checkpoint_reloads(tmp_path: Path) -> No
 def test_adaptation_trains_only_the_new_voxel_embeddings(tmp_path: Path) -> None:
     store, source = _toy_splits(tmp_path, ["sub-01", "sub-02"])
     model = _source_model(source, ["sub-01", "sub-02"])
+    model.config = model.config.model_copy(update={"adapt_clusters": 1})  # hard membership
     _fit(model, source)
     before = ckpt.weights(model)
 
@@ -257,6 +287,72 @@ def test_adaptation_trains_only_the_new_voxel_embeddings(tmp_path: Path) -> None
     rebuilt.load_state_dict(after)
     a, b = predict(model, new["test"]), predict(rebuilt, new["test"])
     np.testing.assert_allclose(a["sub-03"]["global"], b["sub-03"]["global"], rtol=1e-5, atol=1e-6)
+
+
+def test_soft_membership_adaptation_votes_seeds_and_reloads(tmp_path: Path) -> None:
+    store, source = _toy_splits(tmp_path, ["sub-01", "sub-02"])
+    model = _source_model(source, ["sub-01", "sub-02"])
+    model.config = model.config.model_copy(update={"adapt_neighbours": 4, "adapt_clusters": 2})
+    _fit(model, source)
+    before = ckpt.weights(model)
+    new = make_splits(store, ["sub-03"], TOY_TARGETS)
+    strategy = model.adaptation_strategy()
+    strategy.prepare(model, AdaptationContext("sub-03", 25, new["train"], {}))
+    assert {n for n, p in model.named_parameters() if p.requires_grad} == {
+        "voxel_embeddings.sub-03"
+    }
+    assert model.voxel_embeddings["sub-03"].shape == (25, 2, 8)  # one embedding per cluster
+
+    # expected, voxel by voxel: vote shares = softmax(cosine / 0.05) of the 4 nearest source
+    # voxels summed per cluster; the 2 largest (ties to the lower cluster), renormalised; each
+    # slot starts as the share-weighted average of the neighbours in that cluster
+    bank = torch.cat([model.encoder_embeddings.get(s) for s in ("sub-01", "sub-02")])
+    similarity = (
+        F.normalize(model.encoder_embeddings.get("sub-03"), dim=1) @ F.normalize(bank, dim=1).T
+    )
+    source_clusters = torch.cat([model.clusters.get(s) for s in ("sub-01", "sub-02")])
+    learned = torch.cat([model.voxel_embeddings[s].detach() for s in ("sub-01", "sub-02")])
+    ids, log_weights = model.member_clusters.get("sub-03"), model.member_log_weights.get("sub-03")
+    initial = model.voxel_embeddings["sub-03"].detach().clone()
+    spare_slots = 0
+    for voxel in range(25):
+        order = similarity[voxel].argsort(descending=True)[:4]
+        weights = torch.softmax(similarity[voxel, order] / 0.05, dim=0)
+        labels = source_clusters[order]
+        shares = {int(c): float(weights[labels == c].sum()) for c in labels.unique()}
+        ranked = sorted(shares, key=lambda c: (-shares[c], c))
+        if len(ranked) == 1:  # a spare slot repeats the cluster with weight 0
+            ranked, shares = ranked * 2, {ranked[0]: shares[ranked[0]]}
+            spare_slots += 1
+            assert float(log_weights[voxel, 1]) < -20
+        assert ids[voxel].tolist() == ranked[:2]
+        assert model.clusters.get("sub-03")[voxel] == ranked[0]
+        kept = [shares[c] for c in dict.fromkeys(ranked[:2])]
+        np.testing.assert_allclose(
+            log_weights[voxel, : len(kept)].exp().numpy(), np.array(kept) / sum(kept), rtol=1e-5
+        )
+        for slot, cluster in enumerate(ranked[:2]):
+            inside = weights * (labels == cluster)
+            expected = (inside[:, None] * learned[order]).sum(0) / inside.sum()
+            torch.testing.assert_close(initial[voxel, slot], expected)
+    assert spare_slots < 25  # most voxels really join two clusters
+
+    history = _fit(model, new, stages=strategy.stages(model))
+    assert history[-1]["val_loss"] < history[0]["val_loss"]
+    after = ckpt.weights(model)
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert model.build_spec()["memberships"] == {"sub-03": 2}
+    # the adapted model reloads from config.json + safetensors and predicts the same
+    run = tmp_path / "adapted"
+    run.mkdir()
+    config = {"model": "brain-it", "settings": {"model": model.config.model_dump()}}
+    ckpt.write_json(run / "config.json", {**config, "build": model.build_spec()})
+    ckpt.save_weights(run / "model.safetensors", after)
+    reloaded = ckpt.load_model(run)
+    a, b = predict(model, new["test"]), predict(reloaded, new["test"])
+    np.testing.assert_allclose(a["sub-03"]["global"], b["sub-03"]["global"], rtol=1e-5, atol=1e-6)
+    with pytest.raises(UserInputError, match="cannot refit its clusters"):
+        reloaded.fit_clusters(source["train"])
 
 
 # --- on the tiny synthetic-fmri store, through the CLI -------------------------------------
