@@ -29,6 +29,11 @@ TINY = {
 }
 
 
+def tiny_sets() -> list[str]:
+    """TINY as `--set simulator.KEY=VALUE` overrides for prepare."""
+    return [f"simulator.{k}={list(v) if isinstance(v, tuple) else v}" for k, v in TINY.items()]
+
+
 @pytest.fixture(scope="module")
 def tiny_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return simulate_bids(
@@ -74,7 +79,7 @@ def test_same_seed_same_data(tiny_root: Path, tmp_path: Path) -> None:
 
 
 def test_prepare_synthetic_ieeg_store(tmp_path: Path) -> None:
-    sets = [f"simulator.{key}={list(v) if isinstance(v, tuple) else v}" for key, v in TINY.items()]
+    sets = tiny_sets()
     out = tmp_path / "store"
     result = prepare_dataset("synthetic-ieeg", out, overrides=sets, progress=False)
     assert verify_store(out).ok
@@ -113,7 +118,7 @@ def test_prepare_synthetic_ieeg_store(tmp_path: Path) -> None:
 def test_word_information_only_in_speech_regions(tmp_path: Path) -> None:
     """Nearest-centroid decoding of the high-gamma envelope: speech channels far above chance,
     the others at chance (the simulator puts word patterns in vSMC/STG only)."""
-    sets = [f"simulator.{key}={list(v) if isinstance(v, tuple) else v}" for key, v in TINY.items()]
+    sets = tiny_sets()
     sets += ["simulator.repetitions=20", "simulator.n_subjects=1"]
     store = TensorStore.open(
         prepare_dataset(
@@ -174,7 +179,7 @@ def test_free_speech_recording_shares_the_subjects(tiny_root: Path, tmp_path: Pa
     assert np.median(ratio[speech]) > 1.1
     assert np.median(ratio[silent]) == pytest.approx(1.0, abs=0.05)
 
-    sets = [f"simulator.{k}={list(v) if isinstance(v, tuple) else v}" for k, v in TINY.items()]
+    sets = tiny_sets()
     sets += ["simulator.n_subjects=1", "simulator.speech_seconds=60.0"]
     unlabeled = TensorStore.open(
         prepare_dataset(
