@@ -355,6 +355,55 @@ def test_soft_membership_adaptation_votes_seeds_and_reloads(tmp_path: Path) -> N
         reloaded.fit_clusters(source["train"])
 
 
+def test_new_voxels_match_source_voxels_of_their_own_roi(tmp_path: Path) -> None:
+    store, source = _toy_splits(tmp_path, ["sub-01", "sub-02"])
+    model = _source_model(source, ["sub-01", "sub-02"])
+    model.config = model.config.model_copy(update={"adapt_clusters": 1})  # k = 3 neighbours
+    rois = {"sub-01": np.array(["V1", "FFA"] * 10), "sub-02": np.array(["V1"] * 28 + ["PPA"] * 2)}
+    model.set_voxel_rois(rois)
+    assert model.roi_names == ["FFA", "PPA", "V1"]
+    assert model.voxel_rois.get("sub-02").tolist() == [2] * 28 + [1] * 2
+    model.fit_clusters(source["train"])
+    new = make_splits(store, ["sub-03"], TOY_TARGETS)
+    emb = model.encode_voxels(new["train"], "sub-03")
+    new_rois = np.array(["V1"] * 10 + ["FFA"] * 10 + ["PPA"] * 3 + ["MT"] * 2)
+    free_model = BrainIT(SMALL.model_copy(update={"adapt_clusters": 1}), **model.build_spec())
+    free_model.load_state_dict(ckpt.weights(model))
+    free_model.config = free_model.config.model_copy(update={"adapt_same_roi": False})
+    free = free_model.add_subject("sub-03", emb, new_rois)
+    top = model.add_subject("sub-03", emb, new_rois)
+
+    source_rois = np.concatenate([rois["sub-01"], rois["sub-02"]])
+    bank = torch.cat([model.encoder_embeddings.get(s) for s in ("sub-01", "sub-02")])
+    similarity = (F.normalize(emb, dim=1) @ F.normalize(bank, dim=1).T).numpy()
+    for voxel in range(20):  # V1 and FFA: the 3 most similar source voxels of the same ROI
+        same = np.flatnonzero(source_rois == new_rois[voxel])
+        expected = same[np.argsort(-similarity[voxel, same])[:3]]
+        assert top[voxel].tolist() == expected.tolist()
+    assert not torch.equal(top[:20], free[:20])  # the restriction changed some neighbours
+    # PPA: only 2 source voxels (48, 49) < k; the third slot gets no vote and no weight
+    learned = torch.cat([model.voxel_embeddings[s].detach() for s in ("sub-01", "sub-02")])
+    clusters = torch.cat([model.clusters.get(s) for s in ("sub-01", "sub-02")])
+    for voxel in range(20, 23):
+        assert sorted(top[voxel, :2].tolist()) == [48, 49]
+        pair = top[voxel, :2]
+        weights = torch.softmax(torch.from_numpy(similarity[voxel, pair.numpy()]) / 0.05, dim=0)
+        torch.testing.assert_close(
+            model.voxel_embeddings["sub-03"][voxel].detach(), weights @ learned[pair]
+        )
+        votes = np.bincount(clusters[pair].numpy(), minlength=4)
+        assert model.clusters.get("sub-03")[voxel] == votes.argmax()
+    # MT: no source voxel has the label, so it searches all of them
+    assert torch.equal(top[23:], free[23:])
+    assert model.voxel_rois.get("sub-03").tolist() == [2] * 10 + [0] * 10 + [1] * 3 + [-1] * 2
+    assert model.build_spec()["roi_names"] == ["FFA", "PPA", "V1"]
+    rebuilt = BrainIT(SMALL, **model.build_spec())
+    rebuilt.load_state_dict(ckpt.weights(model))
+    assert torch.equal(rebuilt.voxel_rois.get("sub-01"), model.voxel_rois.get("sub-01"))
+    with pytest.raises(UserInputError, match="not a subject"):
+        BrainIT(SMALL, {"sub-01": 20}, TOY_SHAPES).set_voxel_rois({"sub-09": np.array(["V1"])})
+
+
 # --- on the tiny synthetic-fmri store, through the CLI -------------------------------------
 
 
@@ -398,6 +447,38 @@ def test_cli_train_evaluate_beats_chance_and_reloads(tiny_store: Path) -> None:
     test = make_splits(store, config["subjects"], {"global": "efficientnet-lite0/global"})["test"]
     for subject, outputs in predict(model, test).items():
         np.testing.assert_array_equal(outputs["global"], predictions[f"{subject}/test_pred"])
+
+
+def test_cli_adapt_matches_new_voxels_within_their_roi(tiny_store: Path) -> None:
+    store = TensorStore.open(tiny_store)
+    run, out = tiny_store.parent / "run-sub01", tiny_store.parent / "adapted-sub02"
+    quick = sets(["trainer.batch_size=16", "trainer.epochs=2"])
+    args = ["train", "brain-it", "--store", str(tiny_store), "--subjects", "01", "--out", str(run)]
+    assert cli(*args, *quick) == 0
+    labels = {s: store.voxel_rois(s) for s in store.subjects}
+    names = sorted(set(labels["sub-01"]))
+    assert (
+        len(names) > 1
+        and json.loads((run / "config.json").read_text())["build"]["roi_names"] == names
+    )
+    model = ckpt.load_model(run)
+    assert model.voxel_rois.get("sub-01").tolist() == [names.index(n) for n in labels["sub-01"]]
+
+    args = ["adapt", str(run), "--store", str(tiny_store), "--subject", "02", "--out", str(out)]
+    assert cli(*args, "--fraction", "0.5", *quick) == 0
+    adapted = ckpt.load_model(out)
+    codes = adapted.voxel_rois.get("sub-02").numpy()
+    expected = [names.index(n) if n in names else -1 for n in labels["sub-02"]]
+    assert codes.tolist() == expected
+    # every new voxel of a ROI sub-01 also has joined only clusters that voxels of that ROI
+    # are in (its neighbours all come from the ROI)
+    source_codes = model.voxel_rois.get("sub-01").numpy()
+    source_clusters = model.clusters.get("sub-01").numpy()
+    members = adapted.member_clusters.get("sub-02").numpy()
+    weights = adapted.member_log_weights.get("sub-02").exp().numpy()
+    for voxel in np.flatnonzero(codes >= 0):
+        allowed = set(source_clusters[source_codes == codes[voxel]].tolist())
+        assert set(members[voxel][weights[voxel] > 0].tolist()) <= allowed
 
 
 _DDP_SCRIPT = """

@@ -72,6 +72,7 @@ def test_write_then_read_roundtrip(tmp_path: Path) -> None:
     assert store.features("pixels").shape == (6, 48)
     arrays, attrs = store.axis("sub-01")
     assert arrays["ijk"].shape == (3, 3) and attrs["roi_names"] == ["V1"]
+    assert store.voxel_rois("sub-01") is None  # no per-voxel roi codes written
     # no temporary directories remain
     assert [p.name for p in (tmp_path / "store" / "versions").iterdir()] == [version.name]
 

@@ -297,6 +297,13 @@ class TensorStore:
         axis = group[group.attrs["axis"]]
         return {name: axis[name][...] for name in axis.array_keys()}, dict(axis.attrs)
 
+    def voxel_rois(self, subject: str) -> np.ndarray | None:
+        """ROI name of each of ``subject``'s voxels (str ``[V]``), or None without ROI labels."""
+        arrays, attrs = self.axis(subject)
+        if "roi" not in arrays or "roi_names" not in attrs:
+            return None
+        return np.asarray(attrs["roi_names"], dtype=str)[arrays["roi"]]
+
     @property
     def stimulus_ids(self) -> list[str]:
         return list(self.root["stimuli"].attrs["ids"])

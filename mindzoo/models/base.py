@@ -170,6 +170,11 @@ class FMRIDecoder(nn.Module, ABC):
     def start_stage(self, stage: Stage, train: FMRIDataset, resuming: bool) -> None:
         """Prepare ``stage`` (fits, ``requires_grad``); the default trains what is trainable."""
 
+    def set_voxel_rois(self, rois: Mapping[str, np.ndarray]) -> None:
+        """Record each subject's voxel ROI names (str ``[V]``) before training; families that
+        use them (brain-it: matching a new subject's voxels) keep them, the default ignores them.
+        """
+
     def adaptation_strategy(self) -> AdaptationStrategy:
         """The family's new-subject strategy; families without one refuse clearly."""
         raise UserInputError(f"{type(self).__name__} has no new-subject adaptation strategy")
@@ -200,13 +205,15 @@ class AdaptationContext:
     """What a strategy knows about the new subject.
 
     ``train`` holds only the trials chosen for adaptation (never the subject's test stimuli);
-    ``voxel_meta`` holds the store's per-voxel arrays (fMRI: ``ijk``, ``xyz``, ``roi``).
+    ``voxel_meta`` holds the store's per-voxel arrays (fMRI: ``ijk``, ``xyz``, ``roi``) and
+    ``rois`` each voxel's ROI name (None when the store has no ROI labels).
     """
 
     subject: str
     n_voxels: int
     train: FMRIDataset
     voxel_meta: dict[str, np.ndarray]
+    rois: np.ndarray | None = None
 
 
 class AdaptationStrategy(ABC):

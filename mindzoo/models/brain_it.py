@@ -77,6 +77,7 @@ if TYPE_CHECKING:
     from mindzoo.datasets.views import FMRIDataset
 
 _READ_CHUNK = 512  # trials read at once while fitting the encoder embeddings
+_SEARCH_CHUNK = 2048  # new voxels matched at once (similarity [chunk, source voxels])
 
 
 class BrainITConfig(DecoderConfig):
@@ -120,6 +121,15 @@ class BrainITConfig(DecoderConfig):
         3,
         ge=1,
         description="Clusters a new voxel joins, by its neighbours' vote share (1: majority only).",
+    )
+    # Same-ROI search, chosen on sub-01 and sub-03 (10 % of the trials, trainer seeds 0/1):
+    # the share of a new voxel's neighbour weight on voxels of its true simulated cluster goes
+    # .30 -> .64 (sub-01) and .31 -> .58 (sub-03); top-1 .42/.42 -> .42/.42 and .42/.40 ->
+    # .46/.44, two-way .951 -> .967 on sub-03. Applied once to sub-04: .30 -> .44 (seeds 0-2).
+    adapt_same_roi: bool = Field(
+        True,
+        description="Search a new voxel's neighbours among source voxels of its own ROI label "
+        "(when the stores label ROIs; a label no source voxel has searches all).",
     )
 
 
@@ -274,11 +284,14 @@ class BrainIT(FMRIDecoder):
         target_shapes: Mapping[str, Sequence[int]],
         n_clusters: int | None = None,
         memberships: Mapping[str, int] | None = None,
+        roi_names: Sequence[str] | None = None,
     ) -> None:
         """``n_clusters`` (from :meth:`build_spec`) fixes the cluster count of a rebuilt model,
         whose voxel total may have grown by adaptation; otherwise the config's or the default.
         ``memberships`` (also from the spec) names the adapted subjects with soft cluster
-        membership and how many clusters each voxel joins; the others have one cluster each."""
+        membership and how many clusters each voxel joins; the others have one cluster each.
+        ``roi_names`` (spec, once :meth:`set_voxel_rois` ran) adds a ``voxel_rois`` buffer per
+        subject: each voxel's index into it, -1 where unknown."""
         super().__init__(config, n_voxels, target_shapes)
         dim = config.embed_dim
         if dim % config.n_heads:
@@ -323,6 +336,8 @@ class BrainIT(FMRIDecoder):
         # soft members only: cluster ids and log weights [V, m] (clusters.<s> is the first id)
         self.member_clusters = _SubjectBuffers()
         self.member_log_weights = _SubjectBuffers()
+        self.roi_names = [str(n) for n in roi_names] if roi_names else None
+        self.voxel_rois = _SubjectBuffers()
         for subject, count in self.n_voxels.items():
             self._add_subject_buffers(subject, count)
         self.pooling = VoxelClusterPooling(dim, self.n_clusters, config.n_heads)
@@ -354,6 +369,36 @@ class BrainIT(FMRIDecoder):
             self.member_log_weights.register_buffer(
                 subject, torch.full((count, slots), -math.log(slots), device=device)
             )
+        if self.roi_names is not None:
+            self.voxel_rois.register_buffer(
+                subject, torch.full((count,), -1, dtype=torch.int64, device=device)
+            )
+
+    def _roi_codes(self, labels: np.ndarray | None, count: int) -> torch.Tensor:
+        """Indices into ``roi_names`` of ``count`` voxel labels (-1: unknown or no labels)."""
+        names = {name: i for i, name in enumerate(self.roi_names or [])}
+        if labels is None:
+            return torch.full((count,), -1, dtype=torch.int64)
+        if len(labels) != count:
+            raise UserInputError(f"{len(labels)} voxel ROI labels for {count} voxels")
+        return torch.tensor([names.get(str(label), -1) for label in labels], dtype=torch.int64)
+
+    def set_voxel_rois(self, rois: Mapping[str, np.ndarray]) -> None:
+        """Keep each subject's voxel ROI names (the union of the labels becomes ``roi_names``);
+        :meth:`add_subject` matches a new voxel to source voxels of its own ROI."""
+        if self.memberships:
+            raise UserInputError("An adapted brain-it model cannot relabel its source voxels")
+        labels = {s: np.asarray(v, dtype=str) for s, v in rois.items() if v is not None}
+        unknown = sorted(set(labels) - set(self.n_voxels))
+        if unknown:
+            raise UserInputError(f"ROI labels for {unknown[0]!r}, which is not a subject")
+        self.roi_names = sorted({str(n) for values in labels.values() for n in values}) or None
+        for subject, count in self.n_voxels.items():
+            if hasattr(self.voxel_rois, subject):
+                delattr(self.voxel_rois, subject)
+            if self.roi_names is not None:
+                codes = self._roi_codes(labels.get(subject), count)
+                self.voxel_rois.register_buffer(subject, codes.to(self.encoder_basis.device))
 
     def build_spec(self) -> dict[str, Any]:
         """The base spec plus the cluster count (adaptation adds voxels, not clusters) and, once
@@ -361,6 +406,8 @@ class BrainIT(FMRIDecoder):
         spec = {**super().build_spec(), "n_clusters": self.n_clusters}
         if self.memberships:
             spec["memberships"] = dict(self.memberships)
+        if self.roi_names is not None:
+            spec["roi_names"] = list(self.roi_names)
         return spec
 
     # ----------------------------------------------------------------------- model
@@ -501,11 +548,14 @@ class BrainIT(FMRIDecoder):
         return torch.linalg.solve(zz + penalty * eye, zy).T.float()
 
     # -------------------------------------------------------------- new subjects
-    def add_subject(self, subject: str, encoder_embeddings: torch.Tensor) -> torch.Tensor:
-        """Add ``subject`` with the given encoder embeddings ``[V, D]``.
+    def add_subject(
+        self, subject: str, encoder_embeddings: torch.Tensor, rois: np.ndarray | None = None
+    ) -> torch.Tensor:
+        """Add ``subject`` with the given encoder embeddings ``[V, D]`` (and ROI names ``[V]``).
 
         A new voxel's ``adapt_neighbours`` nearest voxels of the hard-membership (pre-training)
-        subjects, by cosine similarity of encoder embeddings, vote on its clusters with softmax
+        subjects, by cosine similarity of encoder embeddings (with ``adapt_same_roi`` and ROI
+        labels on both sides: among the source voxels of the new voxel's ROI), vote on its clusters with softmax
         weights (``adapt_temperature``). With ``adapt_clusters = m > 1`` the voxel joins the
         ``m`` clusters of largest vote share (ties to the lower index), with the shares
         renormalised as membership weights, and its learned embedding in each cluster starts as
@@ -522,20 +572,38 @@ class BrainIT(FMRIDecoder):
         bank = F.normalize(torch.cat([self.encoder_embeddings.get(s) for s in sources]), dim=1)
         learned = torch.cat([self.voxel_embeddings[s].detach() for s in sources])
         clusters = torch.cat([self.clusters.get(s) for s in sources])
-        similarity = F.normalize(encoder_embeddings.to(bank), dim=1) @ bank.T
-        top = similarity.topk(min(self.config.adapt_neighbours, len(bank)), dim=1)
-        voted = clusters[top.indices]  # [V, k]
-        weights = torch.softmax(top.values / self.config.adapt_temperature, dim=1)
-        neighbours = learned[top.indices]  # [V, k, D]
+        queries = F.normalize(encoder_embeddings.to(bank), dim=1)
+        new_rois = self._roi_codes(rois, len(queries)).to(clusters.device)
+        if self.config.adapt_same_roi and self.roi_names is not None:
+            source_rois = torch.cat([self.voxel_rois.get(s) for s in sources])
+            labelled = torch.bincount(source_rois[source_rois >= 0], minlength=len(self.roi_names))
+            # voxels without a label, or with one no source voxel has, search all
+            restricted = (new_rois >= 0) & (labelled[new_rois.clamp_min(0)] > 0)
+        else:
+            source_rois, restricted = None, torch.zeros_like(new_rois, dtype=torch.bool)
+        k = min(self.config.adapt_neighbours, len(bank))
+        found = []
+        for begin in range(0, len(queries), _SEARCH_CHUNK):  # [chunk, N] at a time
+            part = slice(begin, begin + _SEARCH_CHUNK)
+            similarity = queries[part] @ bank.T
+            if source_rois is not None:
+                other = new_rois[part, None] != source_rois[None, :]
+                similarity.masked_fill_(other & restricted[part, None], -math.inf)
+            found.append(similarity.topk(k, dim=1))
+        top_values = torch.cat([f.values for f in found])  # -inf: fewer than k in the ROI
+        top_indices = torch.cat([f.indices for f in found])
+        voted = clusters[top_indices]  # [V, k]
+        weights = torch.softmax(top_values / self.config.adapt_temperature, dim=1)
+        neighbours = learned[top_indices]  # [V, k, D]
         slots = min(self.config.adapt_clusters, self.n_clusters)
         if slots == 1:
-            votes = similarity.new_zeros(len(similarity), self.n_clusters)
-            votes.scatter_add_(1, voted, torch.ones_like(weights))
+            votes = weights.new_zeros(len(weights), self.n_clusters)
+            votes.scatter_add_(1, voted, torch.isfinite(top_values).to(weights))
             chosen = votes.argmax(dim=1)
             seed = (weights.unsqueeze(-1) * neighbours).sum(dim=1)
         else:
             self.memberships[subject] = slots
-            share = similarity.new_zeros(len(similarity), self.n_clusters)
+            share = weights.new_zeros(len(weights), self.n_clusters)
             share.scatter_add_(1, voted, weights)
             ids = torch.sort(share, dim=1, descending=True, stable=True).indices[:, :slots]
             kept = share.gather(1, ids)
@@ -549,13 +617,15 @@ class BrainIT(FMRIDecoder):
             chosen = ids[:, 0]
         self._add_subject_buffers(subject, len(encoder_embeddings))
         self.encoder_embeddings.get(subject).copy_(encoder_embeddings)
+        if self.roi_names is not None:
+            self.voxel_rois.get(subject).copy_(new_rois)
         self.clusters.get(subject).copy_(chosen)
         if slots > 1:
             self.member_clusters.get(subject).copy_(ids)
             self.member_log_weights.get(subject).copy_(kept.clamp_min(1e-12).log())
         self.voxel_embeddings[subject] = nn.Parameter(seed)
         self.n_voxels[subject] = len(encoder_embeddings)
-        return top.indices
+        return top_indices
 
     def adaptation_strategy(self) -> NearestVoxelAdaptation:
         return NearestVoxelAdaptation()
@@ -566,8 +636,9 @@ class NearestVoxelAdaptation(AdaptationStrategy):
     membership, :meth:`BrainIT.add_subject`); only the new subject's voxel embeddings train
     (the transformer, clusters and queries stay frozen).
 
-    The nearest neighbour is searched among encoder embeddings; the new voxels' encoder
-    embeddings are fitted on the adaptation trials only (never the test stimuli).
+    The nearest neighbours are searched among encoder embeddings, within the new voxel's ROI
+    when the store labels ROIs (``adapt_same_roi``); the new voxels' encoder embeddings are
+    fitted on the adaptation trials only (never the test stimuli).
     """
 
     name = "nearest-voxel"
@@ -588,7 +659,7 @@ class NearestVoxelAdaptation(AdaptationStrategy):
                 f"{context.subject}: {embeddings.shape[0]} voxels in the adaptation trials, "
                 f"expected {context.n_voxels}"
             )
-        model.add_subject(context.subject, embeddings)
+        model.add_subject(context.subject, embeddings, context.rois)
         freeze_all_but(model, [model.voxel_embeddings[context.subject]])
 
 

@@ -246,7 +246,11 @@ def adapt_model(
     seed_everything(trainer_config.seed)  # the new subject's modules start the same every time
     voxel_meta, _ = store.axis(subject)
     context = AdaptationContext(
-        subject, store.signals(subject).shape[1], splits["subject_train"], voxel_meta
+        subject,
+        store.signals(subject).shape[1],
+        splits["subject_train"],
+        voxel_meta,
+        store.voxel_rois(subject),
     )
     model.train()
     strategy.prepare(model, context)

@@ -281,6 +281,7 @@ def _train_decoder(
         {t: store.features(*parse_target(spec)).shape[1:] for t, spec in targets.items()},
     )
     model.target_scaler.fit(splits["train"].target_statistics())
+    model.set_voxel_rois({s: store.voxel_rois(s) for s in chosen})
     run_config = _run_config(name, settings, store, chosen, model)
     prepare_run_dir(out, resume, overwrite, run_config, accelerator.is_main_process)
     accelerator.wait_for_everyone()  # every process has checked `out` before anyone writes
