@@ -73,6 +73,9 @@ def test_write_then_read_roundtrip(tmp_path: Path) -> None:
     arrays, attrs = store.axis("sub-01")
     assert arrays["ijk"].shape == (3, 3) and attrs["roi_names"] == ["V1"]
     assert store.voxel_rois("sub-01") is None  # no per-voxel roi codes written
+    assert store.pick_subjects(None) == store.pick_subjects(["01"]) == ["sub-01"]
+    with pytest.raises(UserInputError, match="sub-02 is not in store .*available: sub-01"):
+        store.pick_subjects(["sub-01", "02"])
     # no temporary directories remain
     assert [p.name for p in (tmp_path / "store" / "versions").iterdir()] == [version.name]
 

@@ -297,6 +297,20 @@ class TensorStore:
         axis = group[group.attrs["axis"]]
         return {name: axis[name][...] for name in axis.array_keys()}, dict(axis.attrs)
 
+    def pick_subjects(self, subjects: list[str] | None) -> list[str]:
+        """``subjects`` as store names (``01`` -> ``sub-01``); all of the store's when empty.
+        An unknown subject raises a one-line error that lists the store's subjects."""
+        if not subjects:
+            return self.subjects
+        chosen = [s if s.startswith("sub-") else f"sub-{s}" for s in subjects]
+        unknown = [s for s in chosen if s not in self.subjects]
+        if unknown:
+            raise UserInputError(
+                f"Subject {unknown[0]} is not in store {self.path}; available: "
+                f"{', '.join(self.subjects)}"
+            )
+        return chosen
+
     def voxel_rois(self, subject: str) -> np.ndarray | None:
         """ROI name of each of ``subject``'s voxels (str ``[V]``), or None without ROI labels."""
         arrays, attrs = self.axis(subject)

@@ -231,18 +231,6 @@ def read_init_run(name: str, init: str | None) -> InitRun | None:
     return InitRun(path.resolve(), config)
 
 
-def _pick_subjects(store: TensorStore, subjects: list[str] | None) -> list[str]:
-    if not subjects:
-        return store.subjects
-    chosen = [s if s.startswith("sub-") else f"sub-{s}" for s in subjects]
-    unknown = [s for s in chosen if s not in store.subjects]
-    if unknown:
-        raise UserInputError(
-            f"Subject {unknown[0]} is not in store {store.path}; available: {', '.join(store.subjects)}"
-        )
-    return chosen
-
-
 # ------------------------------------------------------------------------------------- the loop
 def _loss_logs(outputs: dict[str, torch.Tensor]) -> dict[str, float]:
     return {k: float(v) for k, v in outputs.items() if k != "logits" and v.ndim == 0}
@@ -486,7 +474,7 @@ def train_ephys(
         model_settings, extras = family.prepare_init(model_settings, init)
     settings = settings.model_copy(update={"model": model_settings})
     store = TensorStore.open(store_path)
-    chosen = _pick_subjects(store, subjects)
+    chosen = store.pick_subjects(subjects)
     info = recording_info(store, chosen)
     data_config = EphysDataConfig(**settings.data)
     trainer_config = TrainerConfig(**settings.trainer)

@@ -89,18 +89,6 @@ def resolve_train_settings(name: str, overrides: list[str]) -> TrainSettings:
     return validate(TrainSettings, settings, f"model {name}")
 
 
-def _pick_subjects(store: TensorStore, subjects: list[str] | None) -> list[str]:
-    if not subjects:
-        return store.subjects
-    chosen = [s if s.startswith("sub-") else f"sub-{s}" for s in subjects]
-    unknown = [s for s in chosen if s not in store.subjects]
-    if unknown:
-        raise UserInputError(
-            f"Subject {unknown[0]} is not in store {store.path}; available: {', '.join(store.subjects)}"
-        )
-    return chosen
-
-
 def train_model(
     name: str,
     store_path: Path,
@@ -130,7 +118,7 @@ def train_model(
         )
     settings = resolve_train_settings(name, overrides or [])
     store = TensorStore.open(store_path)
-    chosen = _pick_subjects(store, subjects)
+    chosen = store.pick_subjects(subjects)
     out = Path(out)
     cls = decoder_class(name)
     if cls is None:
