@@ -67,40 +67,40 @@ def _fbcsp_lengths(config: BaselineConfig, info: RecordingInfo) -> list[int]:
     return [_scaled(n, 250.0, info.sfreq, config.scale_to_sfreq) for n in (25, 75, 15)]
 
 
-def _shallow(config: BaselineConfig, n_chans: int, info: RecordingInfo) -> nn.Module:
-    from braindecode.models import ShallowFBCSPNet
-
+def _fbcsp_style(
+    cls: type[nn.Module],
+    final_length: str,
+    config: BaselineConfig,
+    n_chans: int,
+    info: RecordingInfo,
+) -> nn.Module:
+    """ShallowFBCSPNet or EEGConformer (same temporal filter and pooling arguments) with the
+    lengths rescaled to the store's rate; ``final_length`` names the class's "auto" argument."""
     scale = _fbcsp_lengths(config, info)
-    return ShallowFBCSPNet(
+    return cls(
         n_chans=n_chans,
         n_outputs=info.n_classes,
         n_times=info.n_times,
         filter_time_length=scale[0],
         pool_time_length=scale[1],
         pool_time_stride=scale[2],
-        final_conv_length="auto",
         drop_prob=config.drop_prob,
         add_log_softmax=False,
+        **{final_length: "auto"},
         **config.options,
     )
+
+
+def _shallow(config: BaselineConfig, n_chans: int, info: RecordingInfo) -> nn.Module:
+    from braindecode.models import ShallowFBCSPNet
+
+    return _fbcsp_style(ShallowFBCSPNet, "final_conv_length", config, n_chans, info)
 
 
 def _conformer(config: BaselineConfig, n_chans: int, info: RecordingInfo) -> nn.Module:
     from braindecode.models import EEGConformer
 
-    scale = _fbcsp_lengths(config, info)
-    return EEGConformer(
-        n_chans=n_chans,
-        n_outputs=info.n_classes,
-        n_times=info.n_times,
-        filter_time_length=scale[0],
-        pool_time_length=scale[1],
-        pool_time_stride=scale[2],
-        final_fc_length="auto",
-        drop_prob=config.drop_prob,
-        add_log_softmax=False,
-        **config.options,
-    )
+    return _fbcsp_style(EEGConformer, "final_fc_length", config, n_chans, info)
 
 
 BASELINES = {
