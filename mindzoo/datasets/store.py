@@ -240,6 +240,14 @@ class StoreWriter:
         return final
 
 
+def roi_labels(arrays: dict[str, np.ndarray], attrs: dict[str, Any]) -> np.ndarray | None:
+    """ROI name of each voxel (str ``[V]``) from :meth:`TensorStore.axis` output (``roi``
+    codes into the ``roi_names`` attribute), or None when the axis has no ROI labels."""
+    if "roi" not in arrays or "roi_names" not in attrs:
+        return None
+    return np.asarray(attrs["roi_names"], dtype=str)[arrays["roi"]]
+
+
 @dataclass
 class TensorStore:
     """Read access to one store version. Nothing is loaded until asked for."""
@@ -313,10 +321,7 @@ class TensorStore:
 
     def voxel_rois(self, subject: str) -> np.ndarray | None:
         """ROI name of each of ``subject``'s voxels (str ``[V]``), or None without ROI labels."""
-        arrays, attrs = self.axis(subject)
-        if "roi" not in arrays or "roi_names" not in attrs:
-            return None
-        return np.asarray(attrs["roi_names"], dtype=str)[arrays["roi"]]
+        return roi_labels(*self.axis(subject))
 
     @property
     def stimulus_ids(self) -> list[str]:

@@ -376,9 +376,9 @@ class BrainIT(FMRIDecoder):
 
     def _roi_codes(self, labels: np.ndarray | None, count: int) -> torch.Tensor:
         """Indices into ``roi_names`` of ``count`` voxel labels (-1: unknown or no labels)."""
-        names = {name: i for i, name in enumerate(self.roi_names or [])}
         if labels is None:
             return torch.full((count,), -1, dtype=torch.int64)
+        names = {name: i for i, name in enumerate(self.roi_names or [])}
         if len(labels) != count:
             raise UserInputError(f"{len(labels)} voxel ROI labels for {count} voxels")
         return torch.tensor([names.get(str(label), -1) for label in labels], dtype=torch.int64)
@@ -555,8 +555,8 @@ class BrainIT(FMRIDecoder):
 
         A new voxel's ``adapt_neighbours`` nearest voxels of the hard-membership (pre-training)
         subjects, by cosine similarity of encoder embeddings (with ``adapt_same_roi`` and ROI
-        labels on both sides: among the source voxels of the new voxel's ROI), vote on its clusters with softmax
-        weights (``adapt_temperature``). With ``adapt_clusters = m > 1`` the voxel joins the
+        labels on both sides: among the source voxels of the new voxel's ROI), vote on its
+        clusters with softmax weights (``adapt_temperature``). With ``adapt_clusters = m > 1`` the voxel joins the
         ``m`` clusters of largest vote share (ties to the lower index), with the shares
         renormalised as membership weights, and its learned embedding in each cluster starts as
         the weighted average of its neighbours' learned embeddings in that cluster. With ``m =
@@ -574,19 +574,18 @@ class BrainIT(FMRIDecoder):
         clusters = torch.cat([self.clusters.get(s) for s in sources])
         queries = F.normalize(encoder_embeddings.to(bank), dim=1)
         new_rois = self._roi_codes(rois, len(queries)).to(clusters.device)
+        source_rois = restricted = None
         if self.config.adapt_same_roi and self.roi_names is not None:
             source_rois = torch.cat([self.voxel_rois.get(s) for s in sources])
             labelled = torch.bincount(source_rois[source_rois >= 0], minlength=len(self.roi_names))
             # voxels without a label, or with one no source voxel has, search all
             restricted = (new_rois >= 0) & (labelled[new_rois.clamp_min(0)] > 0)
-        else:
-            source_rois, restricted = None, torch.zeros_like(new_rois, dtype=torch.bool)
         k = min(self.config.adapt_neighbours, len(bank))
         found = []
         for begin in range(0, len(queries), _SEARCH_CHUNK):  # [chunk, N] at a time
             part = slice(begin, begin + _SEARCH_CHUNK)
             similarity = queries[part] @ bank.T
-            if source_rois is not None:
+            if restricted is not None:  # set together with source_rois
                 other = new_rois[part, None] != source_rois[None, :]
                 similarity.masked_fill_(other & restricted[part, None], -math.inf)
             found.append(similarity.topk(k, dim=1))

@@ -45,7 +45,7 @@ from safetensors.numpy import save_file
 
 from mindzoo.atomic import atomic_directory
 from mindzoo.config import apply_overrides, validate
-from mindzoo.datasets.store import TensorStore
+from mindzoo.datasets.store import TensorStore, roi_labels
 from mindzoo.datasets.views import (
     DataConfig,
     FMRIDataset,
@@ -244,13 +244,13 @@ def adapt_model(
     trainer_config = TrainerConfig(**settings.trainer)
     accelerator = make_accelerator(trainer_config)
     seed_everything(trainer_config.seed)  # the new subject's modules start the same every time
-    voxel_meta, _ = store.axis(subject)
+    voxel_meta, voxel_attrs = store.axis(subject)
     context = AdaptationContext(
         subject,
         store.signals(subject).shape[1],
         splits["subject_train"],
         voxel_meta,
-        store.voxel_rois(subject),
+        roi_labels(voxel_meta, voxel_attrs),
     )
     model.train()
     strategy.prepare(model, context)

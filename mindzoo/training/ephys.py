@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -55,7 +54,7 @@ from mindzoo.errors import UserInputError
 from mindzoo.models import du_in, eeg_baselines
 from mindzoo.models.registry import get_model_info
 from mindzoo.training import checkpoint as ckpt
-from mindzoo.training.run import prepare_run_dir
+from mindzoo.training.run import prepare_run_dir, run_dir_for_training
 from mindzoo.training.trainer import (
     TrainerConfig,
     lr_multiplier,
@@ -498,12 +497,7 @@ def train_ephys(
     out = Path(out)
     prepare_run_dir(out, resume, False, run_config, is_main=True)
     splits = {s: EphysDataset(store, chosen, s, data_config) for s in ("train", "val", "test")}
-    created = not out.exists()
-    if accelerator.is_main_process:
-        out.mkdir(parents=True, exist_ok=True)
-        ckpt.write_json(out / "config.json", run_config)
-    accelerator.wait_for_everyone()
-    try:
+    with run_dir_for_training(out, run_config, accelerator):
         state = fit(
             model,
             splits["train"],
@@ -515,14 +509,6 @@ def train_ephys(
             run_config=run_config,
             progress=progress,
         )
-    except BaseException:
-        if (
-            created
-            and accelerator.is_main_process
-            and not ckpt.latest_checkpoint(out / "checkpoints")
-        ):
-            shutil.rmtree(out, ignore_errors=True)
-        raise
     if accelerator.is_main_process:
         _write_results(out, model, splits, state, store, name, trainer_config.batch_size)
     accelerator.wait_for_everyone()

@@ -28,8 +28,10 @@ import json
 import os
 import shutil
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict
@@ -51,6 +53,9 @@ from mindzoo.training.trainer import (
     predict,
     seed_everything,
 )
+
+if TYPE_CHECKING:
+    from accelerate import Accelerator
 
 
 class TrainSettings(BaseModel):
@@ -246,6 +251,29 @@ def prepare_run_dir(
         )
 
 
+@contextmanager
+def run_dir_for_training(
+    out: Path, run_config: dict[str, Any], accelerator: Accelerator
+) -> Iterator[None]:
+    """Create ``out`` with its ``config.json`` (main process) around a training loop; if the
+    loop fails before its first checkpoint, remove the directory again when this call made it."""
+    created = not out.exists()
+    if accelerator.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        ckpt.write_json(out / "config.json", run_config)
+    accelerator.wait_for_everyone()
+    try:
+        yield
+    except BaseException:
+        if (
+            created
+            and accelerator.is_main_process
+            and ckpt.latest_checkpoint(out / "checkpoints") is None
+        ):
+            shutil.rmtree(out, ignore_errors=True)
+        raise
+
+
 def _train_decoder(
     cls: type[FMRIDecoder],
     name: str,
@@ -273,12 +301,7 @@ def _train_decoder(
     run_config = _run_config(name, settings, store, chosen, model)
     prepare_run_dir(out, resume, overwrite, run_config, accelerator.is_main_process)
     accelerator.wait_for_everyone()  # every process has checked `out` before anyone writes
-    created = not out.exists()
-    if accelerator.is_main_process:
-        out.mkdir(parents=True, exist_ok=True)
-        ckpt.write_json(out / "config.json", run_config)
-    accelerator.wait_for_everyone()
-    try:
+    with run_dir_for_training(out, run_config, accelerator):
         state = Trainer(trainer_config, accelerator).fit(
             model,
             splits["train"],
@@ -288,14 +311,6 @@ def _train_decoder(
             run_config=run_config,
             progress=progress,
         )
-    except BaseException:
-        if (
-            created
-            and accelerator.is_main_process
-            and ckpt.latest_checkpoint(out / "checkpoints") is None
-        ):
-            shutil.rmtree(out, ignore_errors=True)
-        raise
     if accelerator.is_main_process:
         _write_decoder_results(out, model, splits, evaluated, state, store, name)
     accelerator.wait_for_everyone()
