@@ -41,7 +41,8 @@ from mindzoo.cli.prepare import run_prepare
 from mindzoo.datasets.ephys_views import EphysDataset
 from mindzoo.datasets.store import TensorStore
 from mindzoo.evaluation.run import evaluate_run
-from mindzoo.training.ephys import load_ephys_model, train_ephys
+from mindzoo.models import load_model
+from mindzoo.training.ephys import train_ephys
 
 METRICS = ("top1", "top5", "balanced_accuracy")
 
@@ -72,7 +73,7 @@ def train_and_score(name: str, store: Path, out: Path, overrides: list[str]) -> 
 
 def step_throughput(run: Path, store: Path, batch_size: int, steps: int = 10) -> dict:
     """FLOPs per sample and samples/s of bare training steps of a trained ephys model."""
-    model = load_ephys_model(run).train()
+    model = load_model(run).train()
     config = json.loads((run / "config.json").read_text())
     subject = config["subjects"][0]
     train = EphysDataset(TensorStore.open(store), [subject], "train")

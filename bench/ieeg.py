@@ -31,7 +31,7 @@ import numpy as np
 from mindzoo.datasets.catalog import get_dataset, resolve_settings
 from mindzoo.datasets.synthetic_ieeg import SPEECH_REGIONS, SyntheticIEEGConfig, simulate_bids
 from mindzoo.pipelines.ephys import EXTENSIONS, PreparedEphys, prepare_bids_ephys
-from mindzoo.pipelines.ieeg import IEEGPipelineConfig
+from mindzoo.pipelines.ephys.config import IEEGPipelineConfig
 
 
 def recordings(root: Path) -> list[Path]:

@@ -91,3 +91,39 @@ def config_hash(payload: Any) -> str:
     """Stable sha256 of a JSON-serialisable payload (sorted keys): the cache key of a store."""
     text = json.dumps(payload, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(text.encode()).hexdigest()
+
+
+def resolve_preset(
+    folder: str,
+    name: str,
+    overrides: list[str],
+    sections: dict[str, type[BaseModel]],
+    schema: type[BaseModel],
+) -> BaseModel:
+    """The one settings resolver: preset YAML -> ``preset=VARIANT`` -> ``--set`` -> pydantic.
+
+    The preset is ``configs/FOLDER/NAME.yaml`` (none is fine: the defaults), or
+    ``NAME-VARIANT.yaml`` when the overrides hold ``preset=VARIANT`` (e.g. ``preset=paper``: a
+    family's published configuration). Each section (``model:``, ``trainer:`` ...) is filled
+    with its class's defaults, so every setting can be overridden by ``--set section.key=value``;
+    then the sections and the whole (``schema``, whose fields all have defaults) are validated.
+    """
+    variants = [o.partition("=")[2].strip() for o in overrides if o.partition("=")[0] == "preset"]
+    overrides = [o for o in overrides if o.partition("=")[0] != "preset"]
+    stem = f"{name}-{variants[-1]}" if variants else name
+    preset_path = configs_dir() / folder / f"{stem}.yaml"
+    if variants and not preset_path.is_file():
+        have = sorted(p.stem for p in preset_path.parent.glob(f"{name}-*.yaml"))
+        raise UserInputError(
+            f"No preset {preset_path}; presets of {name}: {', '.join(have) or 'none'}"
+        )
+    preset = load_yaml(preset_path) if preset_path.is_file() else {}
+    preset.pop("name", None)
+    settings = {**schema().model_dump(mode="json"), **preset}
+    for key, cls in sections.items():
+        where = f"{preset_path} ({key}:)"
+        settings[key] = validate(cls, preset.get(key, {}), where).model_dump(mode="json")
+    settings = apply_overrides(settings, overrides)
+    for key, cls in sections.items():
+        validate(cls, settings[key], f"model {name} ({key}.*)")
+    return validate(schema, settings, f"model {name}")

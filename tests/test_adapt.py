@@ -12,11 +12,12 @@ from test_cli import TINY, cli, error_lines, sets
 
 from mindzoo.datasets.store import TensorStore
 from mindzoo.datasets.views import DataConfig
+from mindzoo.models import load_model
 from mindzoo.models.base import AdaptationContext, FMRIDecoder
 from mindzoo.models.mindeye_mlp import MindEyeMLP, NewSubjectLayer
-from mindzoo.training import checkpoint as ckpt
 from mindzoo.training.adapt import adapt_model, adaptation_splits, adaptation_trials
-from mindzoo.training.trainer import Trainer, predict
+from mindzoo.training.decoders import predict
+from mindzoo.training.trainer import Trainer
 
 TARGETS = {"global": "efficientnet-lite0/global"}
 # pre-training on 3 tiny subjects (54 training trials each): 2 batches a subject an epoch
@@ -138,7 +139,7 @@ def test_adapt_to_a_held_out_subject_end_to_end(
     assert scores["two_way_id.efficientnet-lite0"] > 0.7
 
     # the adapted run reloads and predicts what it saved
-    model = ckpt.load_model(out)
+    model = load_model(out)
     rows, _ = adaptation_trials(store, "sub-04", fraction=1.0)
     test = adaptation_splits(store, "sub-04", rows, TARGETS, DataConfig())["test"]
     saved = load_file(str(out / "predictions.safetensors"))

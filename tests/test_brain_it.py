@@ -18,19 +18,19 @@ from test_views import TOY_TARGETS, TOY_VOXELS, write_toy_store
 from mindzoo.datasets.store import TensorStore
 from mindzoo.datasets.views import FMRIDataset, make_splits
 from mindzoo.errors import UserInputError
-from mindzoo.models import create_model
+from mindzoo.models import create_model, load_model
 from mindzoo.models.base import AdaptationContext, Stage
 from mindzoo.models.brain_it import (
     BrainIT,
     BrainITConfig,
     NearestVoxelAdaptation,
-    VoxelClusterPooling,
-    _unpatchify,
     default_cluster_count,
 )
+from mindzoo.models.brain_it_layers import VoxelClusterPooling, unpatchify
 from mindzoo.models.mindeye_mlp import target_loss
 from mindzoo.training import checkpoint as ckpt
-from mindzoo.training.trainer import Trainer, TrainerConfig, predict, seed_everything
+from mindzoo.training.decoders import predict
+from mindzoo.training.trainer import Trainer, TrainerConfig, seed_everything
 
 SHAPES = {"global": (5,), "spatial": (3, 4)}
 TOY_SHAPES = {"global": (8,), "spatial": (4, 3)}
@@ -65,7 +65,7 @@ def test_image_target_gets_one_query_token_per_patch_read_out_in_place() -> None
     # token k (row-major patch grid) holds the pixels of patch (k // 7, k % 7), row-major inside
     tokens = torch.zeros(1, 49, 48)
     tokens[0, 7 * 2 + 5] = torch.arange(48, dtype=torch.float32)
-    image = _unpatchify(tokens, (28, 28, 3))[0]
+    image = unpatchify(tokens, (28, 28, 3))[0]
     patch = image[8:12, 20:24]
     assert torch.equal(patch.reshape(-1), torch.arange(48, dtype=torch.float32))
     assert image.abs().sum() == patch.abs().sum()
@@ -237,7 +237,7 @@ def test_training_lowers_the_loss_and_a_checkpoint_reloads(tmp_path: Path) -> No
         },
     )
     ckpt.save_weights(run / "model.safetensors", ckpt.weights(model))
-    reloaded = ckpt.load_model(run)
+    reloaded = load_model(run)
     a, b = predict(model, splits["test"]), predict(reloaded, splits["test"])
     for subject in subjects:
         for target in TOY_SHAPES:
@@ -348,7 +348,7 @@ def test_soft_membership_adaptation_votes_seeds_and_reloads(tmp_path: Path) -> N
     config = {"model": "brain-it", "settings": {"model": model.config.model_dump()}}
     ckpt.write_json(run / "config.json", {**config, "build": model.build_spec()})
     ckpt.save_weights(run / "model.safetensors", after)
-    reloaded = ckpt.load_model(run)
+    reloaded = load_model(run)
     a, b = predict(model, new["test"]), predict(reloaded, new["test"])
     np.testing.assert_allclose(a["sub-03"]["global"], b["sub-03"]["global"], rtol=1e-5, atol=1e-6)
     with pytest.raises(UserInputError, match="cannot refit its clusters"):
@@ -442,7 +442,7 @@ def test_cli_train_evaluate_beats_chance_and_reloads(tiny_store: Path) -> None:
     assert metrics["mean"]["retrieval_top1.efficientnet-lite0"] >= 0.25
     assert metrics["mean"]["two_way_id.efficientnet-lite0"] > 0.65
 
-    model = ckpt.load_model(run)
+    model = load_model(run)
     store = TensorStore.open(tiny_store)
     test = make_splits(store, config["subjects"], {"global": "efficientnet-lite0/global"})["test"]
     for subject, outputs in predict(model, test).items():
@@ -461,12 +461,12 @@ def test_cli_adapt_matches_new_voxels_within_their_roi(tiny_store: Path) -> None
         len(names) > 1
         and json.loads((run / "config.json").read_text())["build"]["roi_names"] == names
     )
-    model = ckpt.load_model(run)
+    model = load_model(run)
     assert model.voxel_rois.get("sub-01").tolist() == [names.index(n) for n in labels["sub-01"]]
 
     args = ["adapt", str(run), "--store", str(tiny_store), "--subject", "02", "--out", str(out)]
     assert cli(*args, "--fraction", "0.5", *quick) == 0
-    adapted = ckpt.load_model(out)
+    adapted = load_model(out)
     codes = adapted.voxel_rois.get("sub-02").numpy()
     expected = [names.index(n) if n in names else -1 for n in labels["sub-02"]]
     assert codes.tolist() == expected

@@ -19,19 +19,18 @@ from test_cli import cli, error_lines, sets
 from mindzoo.datasets.ephys_views import EphysDataset, RecordingInfo, random_shift
 from mindzoo.datasets.store import TensorStore
 from mindzoo.errors import UserInputError
-from mindzoo.models import create_model
+from mindzoo.models import create_model, load_model
 from mindzoo.models.du_in import (
     CosineVectorQuantizer,
     DuINConfig,
     DuINVQVAE,
     SubjectBatchNorm,
-    build_stage,
     first_conv_geometry,
     masked_code_loss,
-    subject_of_key,
     symmetric_masks,
 )
-from mindzoo.training.ephys import load_ephys_model, resolve_ephys_settings, train_ephys
+from mindzoo.models.du_in_stages import build_stage, subject_of_key
+from mindzoo.training.ephys import resolve_ephys_settings, train_ephys
 
 TINY_MODEL = [
     "model.conv_filters=[8,8,4]",
@@ -86,7 +85,7 @@ def test_shapes_follow_the_sampling_rate(sfreq, n_times, patch_len, geometry) ->
     info = RecordingInfo({"sub-01": 5, "sub-02": 7}, n_times=n_times, sfreq=sfreq, n_classes=6)
     config = small_config()
     assert first_conv_geometry(patch_len, config.patch_steps) == geometry
-    model = build_stage("cls", config, info).eval()
+    model = build_stage(config, info, "cls").eval()
     n_patches = n_times // patch_len
     steps = -(-patch_len // geometry[1])  # ceil
     assert model.encoder.patch_len == patch_len and model.encoder.d_model == steps * 4
@@ -94,7 +93,7 @@ def test_shapes_follow_the_sampling_rate(sfreq, n_times, patch_len, geometry) ->
     tokens = model.encoder(x, "sub-02")
     assert tokens.shape == (3, n_patches, steps * 4)
     assert model.logits(x, "sub-02").shape == (3, 6)
-    recon, _, codes = build_stage("vqvae", config, info).eval().reconstruct(x, "sub-02")
+    recon, _, codes = build_stage(config, info, "vqvae").eval().reconstruct(x, "sub-02")
     assert recon.shape == (3, 7, n_patches * patch_len) and codes.shape == (3, n_patches)
 
 
@@ -254,7 +253,7 @@ def test_cls_training_beats_chance_and_reloads_identically(store: Path, tmp_path
         for s in ("sub-01", "sub-02")
     ]
     assert np.mean(accuracies) > 0.6  # 4 classes: chance 0.25
-    model = load_ephys_model(run)
+    model = load_model(run)
     test = EphysDataset(TensorStore.open(store), ["sub-01"], "test")
     with torch.no_grad():
         logits = model.logits(test.batch(range(len(test))).x, "sub-01").numpy()
@@ -344,7 +343,7 @@ def test_classifier_head_starts_as_du_in() -> None:
     """Du-IN's head init (N(0, 0.02) weights, zero biases)."""
     torch.manual_seed(0)
     info = RecordingInfo({"sub-01": 4}, n_times=100, sfreq=100.0, n_classes=5)
-    model = build_stage("cls", small_config(), info)
+    model = build_stage(small_config(), info, "cls")
     hidden, out = model.head[1], model.head[4]
     for layer in (hidden, out):
         assert torch.count_nonzero(layer.bias) == 0

@@ -18,9 +18,9 @@ from mindzoo.evaluation.classification import (
     top_k_accuracy,
 )
 from mindzoo.evaluation.run import evaluate_run
-from mindzoo.models import get_model_info
+from mindzoo.models import get_model_info, load_model
 from mindzoo.models.eeg_baselines import BASELINES, BaselineConfig, PerSubjectBaseline
-from mindzoo.training.ephys import load_ephys_model, train_ephys
+from mindzoo.training.ephys import train_ephys
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +31,7 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.mark.parametrize("family", sorted(BASELINES))
 def test_one_network_per_subject_with_its_channels(family: str) -> None:
     info = RecordingInfo({"sub-01": 6, "sub-02": 9}, n_times=250, sfreq=250.0, n_classes=5)
-    model = PerSubjectBaseline(family, BaselineConfig(), info).eval()
+    model = PerSubjectBaseline(BaselineConfig(), info, family).eval()
     assert sorted(model.nets) == ["sub-01", "sub-02"]
     for subject, n_chans in info.channels.items():
         logits = model.logits(torch.randn(3, n_chans, 250), subject)
@@ -40,13 +40,13 @@ def test_one_network_per_subject_with_its_channels(family: str) -> None:
     first = dict(model.nets["sub-01"].named_parameters())
     second = dict(model.nets["sub-02"].named_parameters())
     assert not any(first[k] is second[k] for k in first)  # no shared parameters
-    assert get_model_info(family).train_fn is not None
+    assert get_model_info(family).kind == "ephys"
 
 
 def test_kernels_are_rescaled_to_the_sampling_rate() -> None:
     def kernel_of(sfreq: float, scale: bool) -> int:
         info = RecordingInfo({"sub-01": 4}, n_times=int(2 * sfreq), sfreq=sfreq, n_classes=3)
-        net = PerSubjectBaseline("eegnet", BaselineConfig(scale_to_sfreq=scale), info).nets[
+        net = PerSubjectBaseline(BaselineConfig(scale_to_sfreq=scale), info, "eegnet").nets[
             "sub-01"
         ]
         return net.conv_temporal.kernel_size[1]
@@ -81,5 +81,5 @@ def test_eegnet_trains_beats_chance_and_evaluates(store: Path, tmp_path: Path) -
     assert metrics["mean"]["top1"] > 0.5  # 4 classes: chance 0.25
     assert json.loads((run / "eval" / "metrics.json").read_text()) == metrics
     assert (run / "eval" / "confusion_sub-02.png").is_file()
-    reloaded = load_ephys_model(run)
+    reloaded = load_model(run)
     assert sorted(reloaded.nets) == ["sub-01", "sub-02"]

@@ -9,17 +9,17 @@ import pytest
 import torch
 
 from mindzoo.errors import UserInputError
-from mindzoo.reconstruction import GenerationSettings, load_backend
-from mindzoo.reconstruction.base import resize_images
-from mindzoo.reconstruction.embedded import (
-    EmbeddedBackend,
+from mindzoo.models.diffusion import (
     EmbeddedConfig,
     EmbeddedDiffusion,
     EmbeddedTrainConfig,
     denoising_loss,
     save_embedded,
-    train_embedded,
 )
+from mindzoo.reconstruction import GenerationSettings, load_backend
+from mindzoo.reconstruction.base import resize_images
+from mindzoo.reconstruction.embedded import EmbeddedBackend
+from mindzoo.training.diffusion import train_embedded
 
 # v-prediction (the preset predicts the clean image): at low noise a barely trained v-model
 # already leaves its input almost unchanged, which the strength test relies on.

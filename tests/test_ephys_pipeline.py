@@ -26,7 +26,7 @@ from mindzoo.pipelines.ephys import (
     stratified_split,
     zscore_with_train,
 )
-from mindzoo.pipelines.ieeg import IEEGPipelineConfig
+from mindzoo.pipelines.ephys.config import IEEGPipelineConfig
 
 
 def test_split_contact_names() -> None:

@@ -16,10 +16,12 @@ from test_views import TOY_TARGETS, TOY_VOXELS, write_toy_store
 from mindzoo.datasets.store import TensorStore
 from mindzoo.datasets.views import FMRIDataset, make_splits
 from mindzoo.errors import UserInputError
+from mindzoo.models import load_model
 from mindzoo.models.base import AdaptationContext
 from mindzoo.models.mindbridge import MindBridge, MindBridgeConfig, ResetTuning
 from mindzoo.training import checkpoint as ckpt
-from mindzoo.training.trainer import Trainer, TrainerConfig, predict, seed_everything
+from mindzoo.training.decoders import predict
+from mindzoo.training.trainer import Trainer, TrainerConfig, seed_everything
 
 SHAPES = {"global": (5,), "spatial": (2, 3)}
 SMALL = MindBridgeConfig(pool_size=16, hidden_dim=12, n_blocks=2, adapter_bottleneck=4)
@@ -221,7 +223,7 @@ def test_cli_train_evaluate_beats_chance_and_reloads_identically(tiny_store: Pat
     assert metrics["mean"]["retrieval_top1.efficientnet-lite0"] >= 0.25
     assert metrics["mean"]["two_way_id.efficientnet-lite0"] > 0.65
     predictions = load_file(str(run / "predictions.safetensors"))
-    model = ckpt.load_model(run)
+    model = load_model(run)
     assert isinstance(model, MindBridge)
     test = make_splits(store, config["subjects"], {"global": "efficientnet-lite0/global"})["test"]
     for subject, outputs in predict(model, test).items():

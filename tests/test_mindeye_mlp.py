@@ -15,12 +15,13 @@ from test_views import TOY_TARGETS, TOY_VOXELS, write_toy_store
 from mindzoo.datasets.store import TensorStore
 from mindzoo.datasets.views import FMRIDataset, make_splits
 from mindzoo.errors import UserInputError
-from mindzoo.models import create_model, get_model_info
+from mindzoo.models import count_parameters, create_model, load_model
 from mindzoo.models.base import AdaptationContext
 from mindzoo.models.mindeye_mlp import MindEyeMLP, MindEyeMLPConfig, NewSubjectLayer, soft_clip_loss
 from mindzoo.training import checkpoint as ckpt
+from mindzoo.training.decoders import predict
 from mindzoo.training.run import train_model
-from mindzoo.training.trainer import Trainer, TrainerConfig, predict, seed_everything
+from mindzoo.training.trainer import Trainer, TrainerConfig, seed_everything
 
 SHAPES = {"global": (5,), "spatial": (2, 3)}
 
@@ -43,7 +44,7 @@ def test_parameter_count_of_the_reference_build() -> None:
     h = 512
     expected = (15724 * h + h) + 4 * (2 * h + 2 * (h * h + h)) + 2 * h + (h * 1280 + 1280)
     model = create_model("mindeye-mlp")
-    assert get_model_info("mindeye-mlp").count_parameters(model) == expected
+    assert count_parameters(model) == expected
 
 
 def test_soft_clip_loss() -> None:
@@ -128,7 +129,7 @@ def test_new_subject_layer_trains_only_the_new_layer(tmp_path: Path) -> None:
     assert config_json["build"]["n_voxels"] == {"sub-01": 20, "sub-02": 30, "sub-03": 25}
     ckpt.write_json(run / "config.json", config_json)
     ckpt.save_weights(run / "model.safetensors", after)
-    reloaded = ckpt.load_model(run)
+    reloaded = load_model(run)
     a, b = predict(model, new["test"]), predict(reloaded, new["test"])
     np.testing.assert_array_equal(a["sub-03"]["global"], b["sub-03"]["global"])
     true = new["test"].batch(range(len(new["test"]))).targets["global"].numpy()
@@ -184,7 +185,7 @@ def test_cli_train_and_evaluate_beat_chance(trained_run: Path, tiny_store: Path)
     assert metrics["mean"]["two_way_id.efficientnet-lite0"] > 0.65
 
     # the saved run reloads and predicts exactly what it saved
-    model = ckpt.load_model(trained_run)
+    model = load_model(trained_run)
     test = make_splits(store, config["subjects"], {"global": "efficientnet-lite0/global"})["test"]
     for subject, outputs in predict(model, test).items():
         np.testing.assert_array_equal(outputs["global"], predictions[f"{subject}/test_pred"])

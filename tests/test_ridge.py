@@ -196,7 +196,7 @@ def test_constant_voxel_does_not_break_the_fit():
 
 
 def test_registry_builds_ridge_with_validated_settings():
-    model = create_model("ridge", n_folds=3, alphas=[10.0, 1.0])
+    model = create_model("ridge", {"n_folds": 3, "alphas": [10.0, 1.0]})
     assert isinstance(model, RidgeDecoder)
     assert model.config.n_folds == 3
     assert model.config.alphas == [1.0, 10.0]  # sorted for the search

@@ -17,15 +17,16 @@ from test_views import TOY_TARGETS, TOY_VOXELS, write_toy_store
 from mindzoo.datasets.store import TensorStore
 from mindzoo.datasets.views import DataConfig, FMRIDataset, SubjectBatchSampler, make_splits
 from mindzoo.errors import UserInputError
+from mindzoo.models import load_model
 from mindzoo.models.mindeye_mlp import MindEyeMLP, MindEyeMLPConfig
 from mindzoo.training import checkpoint as ckpt
+from mindzoo.training.decoders import predict
 from mindzoo.training.trainer import (
     StepInfo,
     Trainer,
     TrainerConfig,
     lr_multiplier,
     make_accelerator,
-    predict,
     seed_everything,
 )
 
@@ -118,7 +119,7 @@ def test_a_checkpoint_reloads_with_identical_predictions(
     assert sorted(p.name for p in tmp_path.iterdir()) == [latest.name]  # keep_checkpoints=1
     history = json.loads((latest / "metrics.json").read_text())["history"]
     assert [h["epoch"] for h in history] == [1, 2]
-    reloaded = ckpt.load_model(latest)
+    reloaded = load_model(latest)
     assert not reloaded.training
     a, b = predict(model, splits["test"]), predict(reloaded, splits["test"])
     for subject in TOY_VOXELS:

@@ -6,7 +6,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from mindzoo.models import create_model, list_models
+from mindzoo.models import count_parameters, create_model, list_models
 from mindzoo.models.base import REFERENCE_N_VOXELS, REFERENCE_TARGET_SHAPES
 
 console = Console()
@@ -22,14 +22,15 @@ def register(app: typer.Typer) -> None:
             title="mindzoo models",
             caption=(
                 f"fMRI decoders counted for one subject of {voxels:,} voxels -> {targets}; "
-                "ephys models for one subject of 10 channels, 3 s at 1000 Hz, 61 classes"
+                "ephys models for one subject of 10 channels, 3 s at 1000 Hz, 61 classes; diffusion "
+                "for a 1280-d condition"
             ),
         )
         for column in ("name", "parameters", "description"):
             table.add_column(column)
         for info in list_models():
             count = None
-            if info.count_parameters is not None:  # default config; data-sized models have none
-                count = info.count_parameters(create_model(info.name))
+            if info.reference is not None:  # default config; data-sized models have none
+                count = count_parameters(create_model(info.name))
             table.add_row(info.name, f"{count:,}" if count else "data-dependent", info.description)
         console.print(table)

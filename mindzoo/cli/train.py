@@ -15,6 +15,7 @@ import typer
 from rich.console import Console
 
 from mindzoo.errors import UserInputError
+from mindzoo.models import get_model_info
 from mindzoo.training.run import train_model
 
 console = Console()
@@ -40,13 +41,14 @@ def register(app: typer.Typer) -> None:
         """Train MODEL on the store's training split; writes weights, predictions, metrics.json."""
         if resume and out is None:
             raise UserInputError("--resume needs --out: the run directory to continue")
-        if out is None and model != "diffusion":  # diffusion defaults to the store's cache
+        diffusion = get_model_info(model).kind == "diffusion"  # defaults to the store's cache
+        if out is None and not diffusion:
             out = Path("runs") / f"{model}-{time.strftime('%Y%m%d-%H%M%S')}"
         run_dir = train_model(model, store, out, split_subjects(subjects), sets, resume=resume)
         if os.environ.get("RANK", "0") == "0":  # one line, not one per data-parallel process
             follow = (
                 f"braindecode-cli reconstruct RUN --store {store} --weights {run_dir} --out DIR"
-                if model == "diffusion"
+                if diffusion
                 else f"braindecode-cli evaluate {run_dir}"
             )
             console.print(f"trained {model}: {run_dir} (next: {follow})")

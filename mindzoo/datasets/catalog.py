@@ -124,11 +124,11 @@ def pipeline_config_class(spec: DatasetSpec) -> type[BaseModel]:
 
         return NSDConfig
     if spec.modality == "ieeg":
-        from mindzoo.pipelines.ieeg import IEEGPipelineConfig
+        from mindzoo.pipelines.ephys.config import IEEGPipelineConfig
 
         return IEEGPipelineConfig
     if spec.modality == "eeg":
-        from mindzoo.pipelines.eeg import EEGPipelineConfig
+        from mindzoo.pipelines.ephys.config import EEGPipelineConfig
 
         return EEGPipelineConfig
     from mindzoo.pipelines.fmri import FMRIPipelineConfig

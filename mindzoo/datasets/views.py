@@ -156,8 +156,12 @@ class FMRIDataset(Dataset):
             raise ValueError("a batch must hold trials of one subject; use SubjectBatchSampler")
         return self.parts[int(part[0])], idx - self.offsets[part[0]]
 
-    def batch(self, indices: Sequence[int]) -> Batch:
-        """The trials at global ``indices`` (all of one subject) as tensors."""
+    def batch(self, indices: Sequence[int], augment: bool = False) -> Batch:
+        """The trials at global ``indices`` (all of one subject) as tensors.
+
+        ``augment`` is accepted for the trainer's sake (it asks every view for augmented training
+        batches); fMRI betas have no augmentation, so it changes nothing here.
+        """
         part, local = self._locate(indices)
         stim = part.stimulus_index[local]
         positions = self._target_position[stim]

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from rich.table import Table
@@ -144,17 +145,31 @@ def _score_pretraining(
     run_dir: Path, config: dict[str, Any], store: TensorStore
 ) -> dict[str, dict[str, float]]:
     from mindzoo.datasets.ephys_views import EphysDataset
-    from mindzoo.training.ephys import evaluate_loss, load_ephys_model
+    from mindzoo.models import load_model
 
-    model = load_ephys_model(run_dir)
+    model = load_model(run_dir)
     per_subject = {}
     for subject in config["subjects"]:
         test = EphysDataset(store, [subject], "test")
-        logs = evaluate_loss(model, test, batch_size=64, device="cpu")
-        if logs is None:
+        if len(test) == 0:
             raise UserInputError(f"{subject} has no test trials in store {store.path}")
-        per_subject[subject] = {f"test_{k}": v for k, v in logs.items()}
+        per_subject[subject] = {f"test_{k}": v for k, v in mean_logs(model, test).items()}
     return per_subject
+
+
+@torch.no_grad()
+def mean_logs(model: Any, dataset: Any, batch_size: int = 64) -> dict[str, float]:
+    """Trial-weighted means of a model's scalar logs (loss, accuracy ...) over a non-empty
+    dataset view, in eval mode on the CPU."""
+    from mindzoo.datasets.views import SubjectBatchSampler
+
+    sums: dict[str, float] = {}
+    for indices in SubjectBatchSampler(dataset.sizes, batch_size, shuffle=False):
+        batch = dataset.batch(indices)
+        _, logs = model.training_step(batch)
+        for key, value in logs.items():
+            sums[key] = sums.get(key, 0.0) + value * len(batch)
+    return {k: v / len(dataset) for k, v in sums.items()}
 
 
 def _write_report(out: Path, metrics: dict[str, Any], figures: list[str]) -> None:

@@ -1,56 +1,43 @@
-"""The model zoo: a registry of model families, each with a pydantic config.
+"""The model zoo: one registry of model families (:mod:`mindzoo.models.registry`), each a module.
 
-Build a model with ``create_model("ridge", n_folds=5)``; ``list_models()`` shows the zoo.
-Importing this package registers every family. Torch decoders follow the interface of
-:mod:`mindzoo.models.base` (``decoder_class(name)`` returns their class).
+Build a model with ``create_model(name, config, **shapes)``; ``list_models()`` shows the zoo;
+``load_model(run_dir)`` rebuilds a trained torch model. Families are imported on first use.
+Torch families follow :class:`~mindzoo.models.trainable.TrainableModel` (fMRI decoders:
+:class:`~mindzoo.models.base.FMRIDecoder`; ephys models: :class:`~mindzoo.models.trainable.EphysModel`).
 """
 
-from mindzoo.models.base import (
-    AdaptationContext,
-    AdaptationStrategy,
-    DecoderConfig,
-    FMRIDecoder,
-    Stage,
-    decoder_class,
-)
-from mindzoo.models.brain_it import BrainIT, BrainITConfig
-from mindzoo.models.diffusion import train_diffusion
-from mindzoo.models.du_in import DuINConfig
-from mindzoo.models.eeg_baselines import BaselineConfig
-from mindzoo.models.mindbridge import MindBridge, MindBridgeConfig
-from mindzoo.models.mindeye_mlp import MindEyeMLP, MindEyeMLPConfig
+from mindzoo.models.loading import build_model, load_model, load_weights
 from mindzoo.models.registry import (
+    MODELS,
     ModelInfo,
     create_model,
     get_model_info,
     list_models,
     make_config,
-    register_model,
 )
-from mindzoo.models.ridge import RidgeConfig, RidgeDecoder
+from mindzoo.models.trainable import (
+    EphysModel,
+    InitRun,
+    Stage,
+    StageInit,
+    TrainableModel,
+    count_parameters,
+)
 
 __all__ = [
-    "AdaptationContext",
-    "AdaptationStrategy",
-    "BaselineConfig",
-    "BrainIT",
-    "BrainITConfig",
-    "DecoderConfig",
-    "DuINConfig",
-    "FMRIDecoder",
-    "MindBridge",
-    "MindBridgeConfig",
-    "MindEyeMLP",
-    "MindEyeMLPConfig",
+    "MODELS",
+    "EphysModel",
+    "InitRun",
     "ModelInfo",
-    "RidgeConfig",
-    "RidgeDecoder",
     "Stage",
+    "StageInit",
+    "TrainableModel",
+    "build_model",
+    "count_parameters",
     "create_model",
-    "decoder_class",
     "get_model_info",
     "list_models",
+    "load_model",
+    "load_weights",
     "make_config",
-    "register_model",
-    "train_diffusion",
 ]

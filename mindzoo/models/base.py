@@ -37,17 +37,17 @@ Optional hooks, with defaults that suit a single-stage model:
 - ``build_spec()``: the JSON-able shapes the model was built from (saved in ``config.json`` so a
   checkpoint can be rebuilt without the store).
 
-A family registers itself with :func:`register_decoder`, which also enters it in the zoo registry
-(:func:`mindzoo.models.create_model` builds it for one NSD-sized reference subject, which is what
-``braindecode-cli models`` counts parameters for). ``braindecode-cli train`` recognises decoders
-with :func:`decoder_class` and trains them with :class:`mindzoo.training.trainer.Trainer`.
+A family is entered in the zoo by one line in :data:`mindzoo.models.registry.MODELS`;
+:func:`mindzoo.models.create_model` builds it (``create_model(name)``: for one NSD-sized reference
+subject, what ``braindecode-cli models`` counts parameters for) and ``braindecode-cli train``
+trains it with :class:`mindzoo.training.trainer.Trainer`, through :meth:`FMRIDecoder.training_step`.
 """
 
 from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -57,7 +57,7 @@ from pydantic import BaseModel, ConfigDict
 from torch import nn
 
 from mindzoo.errors import UserInputError
-from mindzoo.models.registry import register_model
+from mindzoo.models.trainable import Stage, TrainableModel
 
 if TYPE_CHECKING:
     from mindzoo.datasets.views import FMRIDataset
@@ -66,23 +66,13 @@ if TYPE_CHECKING:
 # count and the efficientnet-lite0 global target, so `braindecode-cli models` can count parameters.
 REFERENCE_N_VOXELS = {"sub-01": 15724}
 REFERENCE_TARGET_SHAPES = {"global": (1280,)}
+REFERENCE_SHAPES = {"n_voxels": REFERENCE_N_VOXELS, "target_shapes": REFERENCE_TARGET_SHAPES}
 
 
 class DecoderConfig(BaseModel):
     """Base of every torch decoder config: pure data, unknown keys are errors."""
 
     model_config = ConfigDict(extra="forbid")
-
-
-@dataclass(frozen=True)
-class Stage:
-    """One training stage: a name the model's hooks understand and its epoch count.
-
-    ``epochs=None`` means the trainer's ``epochs`` setting.
-    """
-
-    name: str
-    epochs: int | None = None
 
 
 class TargetScaler(nn.Module):
@@ -123,7 +113,7 @@ class TargetScaler(nn.Module):
         }
 
 
-class FMRIDecoder(nn.Module, ABC):
+class FMRIDecoder(TrainableModel, ABC):
     """Base class of the zoo's torch fMRI decoders; the module docstring is the contract."""
 
     config_cls: ClassVar[type[DecoderConfig]]
@@ -163,12 +153,13 @@ class FMRIDecoder(nn.Module, ABC):
         """Predicted features in feature units. Call ``model.eval()`` first for inference."""
         return self.target_scaler.inverse(self(voxels, subject))
 
-    def stages(self) -> list[Stage]:
-        """Training stages in order; the default is a single stage."""
-        return [Stage("main")]
-
-    def start_stage(self, stage: Stage, train: FMRIDataset, resuming: bool) -> None:
-        """Prepare ``stage`` (fits, ``requires_grad``); the default trains what is trainable."""
+    def training_step(
+        self, batch: Any, forward: Callable[..., Any] | None = None
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        """Loss of a :class:`~mindzoo.datasets.views.Batch` of one subject, in standardised
+        target units (what the trainer minimises and validates)."""
+        outputs = (forward or self)(batch.voxels, batch.subject)
+        return self.loss(outputs, self.target_scaler.transform(batch.targets))
 
     def set_voxel_rois(self, rois: Mapping[str, np.ndarray]) -> None:
         """Record each subject's voxel ROI names (str ``[V]``) before training; families that
@@ -245,29 +236,6 @@ def freeze_all_but(model: nn.Module, trainable: Iterable[nn.Parameter]) -> None:
         parameter.requires_grad_(id(parameter) in keep)
 
 
-def count_parameters(model: nn.Module) -> int:
-    """Number of trainable parameters."""
-    return sum(p.numel() for p in model.parameters() if p.requires_grad)
-
-
 def flat_size(shape: Sequence[int]) -> int:
     """Number of elements of one target item of ``shape``."""
     return math.prod(shape)
-
-
-_DECODERS: dict[str, type[FMRIDecoder]] = {}
-
-
-def register_decoder(name: str, cls: type[FMRIDecoder], description: str) -> None:
-    """Enter a torch decoder family in the zoo under ``name``."""
-
-    def reference_build(config: DecoderConfig) -> FMRIDecoder:
-        return cls(config, REFERENCE_N_VOXELS, REFERENCE_TARGET_SHAPES)
-
-    register_model(name, cls.config_cls, description, reference_build, count_parameters)
-    _DECODERS[name] = cls
-
-
-def decoder_class(name: str) -> type[FMRIDecoder] | None:
-    """The torch decoder class registered as ``name``, or None for other model kinds."""
-    return _DECODERS.get(name)

@@ -1,198 +1,241 @@
-"""`diffusion`: the embedded reconstruction backend's model, trained with `train diffusion`.
+"""`diffusion`: the embedded reconstruction backend's model, a small conditional pixel-space
+diffusion model trained offline on CPU (by :mod:`mindzoo.training.diffusion`).
 
-A zoo family with its own training loop (``train_fn``): it learns images from features, not
-features from brains, so it reads the store's stimulus images and their cached condition
-features (training split only; the test images are never seen) instead of subjects' signals.
+Built from a config with diffusers' ``UNet2DModel``; nothing is downloaded. The pieces, top to
+bottom:
 
-    braindecode-cli train diffusion --store STORE [--out DIR] [--set model.K=V --set trainer.K=V]
+- images (uint8 [n, S, S, 3], S = ``image_size``) are scaled to [-1, 1] and pixel-unshuffled by
+  ``patch`` (a 64x64x3 image becomes 32x32x12), so the UNet runs at a quarter of the pixels while
+  still producing full-resolution images — the cheapest way to a 64x64 model on a CPU;
+- the condition (one feature vector per image, e.g. efficientnet-lite0 ``global`` [1280]) is
+  standardised with the training set's mean and std, projected by a 2-layer MLP to the UNet's
+  time-embedding width and added to the timestep embedding (``class_embed_type="identity"``;
+  with ``resnet_time_scale_shift="scale_shift"`` it modulates every ResNet block, FiLM-style);
+- classifier-free guidance: during training the projected condition is replaced by a learned
+  null embedding with probability ``condition_dropout``; sampling mixes the two predictions;
+- training: DDPM noising (cosine schedule) and an MSE on the ``prediction_type`` target
+  (:func:`denoising_loss`);
+- sampling (:mod:`mindzoo.reconstruction.embedded`): DDIM (deterministic, ``eta = 0``, trailing timestep spacing, so the first step
+  starts from pure noise), optionally started part-way from a low-level image (img2img):
+  with ``strength`` s, the init image is noised to the timestep after which ``round(s * steps)``
+  steps remain, and only those are run.
 
-Settings: configs/models/diffusion.yaml (``model:`` = :class:`EmbeddedConfig`, ``trainer:`` =
-:class:`EmbeddedTrainConfig`) + ``--set``. Without ``--out`` the model goes into the store's
-cache, ``STORE/cache/diffusion-<key>``, where ``key`` hashes the store version and the settings;
-an existing finished directory with the same key is reused and nothing is trained (a cache hit).
-`reconstruct --backend embedded` finds the default-settings model there by itself.
-
-Diffusers is imported only when a model is built (inside :mod:`mindzoo.reconstruction.embedded`).
+Weights are a directory: ``model.safetensors`` (state dict, including the condition statistics)
++ ``config.json`` (the :class:`EmbeddedConfig`, the condition width); no pickle anywhere.
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from safetensors.torch import load_file, save_file
+from torch import nn
+from torch.nn import functional as F
 
-from mindzoo.atomic import atomic_directory
-from mindzoo.config import apply_overrides, config_hash, configs_dir, load_yaml, validate
-from mindzoo.datasets.store import TensorStore
 from mindzoo.errors import UserInputError
-from mindzoo.models.registry import register_model
-from mindzoo.reconstruction.embedded import (
-    CONFIG_FILE,
-    EmbeddedConfig,
-    EmbeddedTrainConfig,
-    count_parameters,
-)
 
-NAME = "diffusion"
-METRICS_FILE = "metrics.json"
-PREVIEW_ITEMS = 8  # training images shown in samples.png
+WEIGHTS_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
+BACKEND_NAME = "embedded"
+# What `create_model("diffusion")` builds for (`braindecode-cli models`): a 1280-d condition
+# (efficientnet-lite0 global).
+REFERENCE_SHAPES = {"condition_dim": 1280}
 
 
-def resolve_settings(overrides: list[str]) -> tuple[EmbeddedConfig, EmbeddedTrainConfig]:
-    """configs/models/diffusion.yaml + config defaults + ``--set`` overrides, validated."""
-    preset_path = configs_dir() / "models" / f"{NAME}.yaml"
-    preset = load_yaml(preset_path) if preset_path.is_file() else {}
-    unknown = set(preset) - {"name", "model", "trainer"}
-    if unknown:
-        raise UserInputError(
-            f"Unknown section(s) {sorted(unknown)} in {preset_path}; use model: and trainer:"
-        )
-    settings = {
-        "model": validate(EmbeddedConfig, preset.get("model", {}), f"{preset_path} (model:)"),
-        "trainer": validate(
-            EmbeddedTrainConfig, preset.get("trainer", {}), f"{preset_path} (trainer:)"
-        ),
-    }
-    settings = apply_overrides(
-        {k: v.model_dump(mode="json") for k, v in settings.items()}, overrides
+class EmbeddedConfig(BaseModel):
+    """Architecture, condition and noise schedule of the embedded diffusion model."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    image_size: int = Field(64, ge=8, description="side of the generated images (pixels)")
+    patch: int = Field(2, ge=1, description="pixel-unshuffle factor: the UNet runs at size/patch")
+    channels: list[int] = Field(
+        default_factory=lambda: [32, 48, 64], min_length=1, description="UNet widths per level"
     )
-    model = validate(EmbeddedConfig, settings["model"], f"model {NAME} (model.*)")
-    trainer = validate(EmbeddedTrainConfig, settings["trainer"], f"model {NAME} (trainer.*)")
-    model.check()
-    return model, trainer
+    layers_per_block: int = Field(1, ge=1)
+    attention_head_dim: int = Field(32, ge=1, description="for the attention at the lowest level")
+    norm_groups: int = Field(16, ge=1)
+    condition_space: str = "efficientnet-lite0"
+    condition_kind: str = "global"
+    condition_dropout: float = Field(
+        0.1, ge=0.0, lt=1.0, description="for classifier-free guidance"
+    )
+    prediction_type: Literal["epsilon", "v_prediction", "sample"] = "sample"
+    train_timesteps: int = Field(1000, ge=10)
+    beta_schedule: Literal["linear", "scaled_linear", "squaredcos_cap_v2"] = "squaredcos_cap_v2"
+
+    def check(self) -> None:
+        """Shape constraints pydantic cannot express; a UserInputError names the fix."""
+        if self.image_size % (self.patch * 2 ** (len(self.channels) - 1)):
+            raise UserInputError(
+                f"image_size {self.image_size} must be divisible by patch * 2^(levels-1) = "
+                f"{self.patch * 2 ** (len(self.channels) - 1)}; change model.image_size, "
+                "model.patch or model.channels"
+            )
+        bad = [c for c in self.channels if c % self.norm_groups]
+        if bad:
+            raise UserInputError(
+                f"model.channels {self.channels} must be multiples of model.norm_groups "
+                f"({self.norm_groups})"
+            )
 
 
-def cache_key(store: TensorStore, model: EmbeddedConfig, trainer: EmbeddedTrainConfig) -> str:
-    """Hash of what determines the trained weights: store version and settings."""
-    return config_hash(
-        {
-            "store_config_hash": store.manifest["config_hash"],
-            "model": model.model_dump(mode="json"),
-            "trainer": trainer.model_dump(mode="json"),
-        }
+class EmbeddedTrainConfig(BaseModel):
+    """Optimisation of :func:`mindzoo.training.diffusion.train_embedded`: AdamW, linear warm-up then cosine decay to 0."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    steps: int = Field(500, ge=1)
+    batch_size: int = Field(16, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    warmup_steps: int = Field(50, ge=0)
+    grad_clip: float = Field(1.0, gt=0)
+    seed: int = 0
+
+
+class EmbeddedDiffusion(nn.Module):
+    """UNet + condition projection + null embedding; ``forward`` predicts the training target."""
+
+    def __init__(self, config: EmbeddedConfig, condition_dim: int) -> None:
+        super().__init__()
+        from diffusers import UNet2DModel  # heavy import, only when a model is built
+
+        config.check()
+        self.config = config
+        self.condition_dim = condition_dim
+        levels = len(config.channels)
+        width = config.channels[0] * 4  # UNet2DModel's time-embedding width
+        pixels_in = 3 * config.patch**2
+        self.unet = UNet2DModel(
+            sample_size=config.image_size // config.patch,
+            in_channels=pixels_in,
+            out_channels=pixels_in,
+            block_out_channels=tuple(config.channels),
+            layers_per_block=config.layers_per_block,
+            down_block_types=("DownBlock2D",) * (levels - 1) + ("AttnDownBlock2D",),
+            up_block_types=("AttnUpBlock2D",) + ("UpBlock2D",) * (levels - 1),
+            attention_head_dim=config.attention_head_dim,
+            norm_num_groups=config.norm_groups,
+            class_embed_type="identity",
+            resnet_time_scale_shift="scale_shift",
+        )
+        self.project = nn.Sequential(
+            nn.Linear(condition_dim, width), nn.SiLU(), nn.Linear(width, width)
+        )
+        self.null_condition = nn.Parameter(torch.zeros(width))
+        # Training-set statistics of the condition, saved with the weights.
+        self.register_buffer("condition_mean", torch.zeros(condition_dim))
+        self.register_buffer("condition_std", torch.ones(condition_dim))
+
+    def set_condition_statistics(self, conditions: np.ndarray) -> None:
+        """Standardise conditions with these (training) vectors' mean and std per dimension."""
+        values = torch.as_tensor(conditions, dtype=torch.float32)
+        self.condition_mean.copy_(values.mean(0))
+        self.condition_std.copy_(values.std(0).clamp_min(1e-6))
+
+    def embed(self, condition: torch.Tensor, drop: torch.Tensor | None = None) -> torch.Tensor:
+        """Projected conditions [n, width]; rows where ``drop`` is True get the null embedding."""
+        embedded = self.project((condition - self.condition_mean) / self.condition_std)
+        if drop is not None:
+            embedded = torch.where(drop[:, None], self.null_condition.expand_as(embedded), embedded)
+        return embedded
+
+    def forward(
+        self, sample: torch.Tensor, timestep: torch.Tensor, embedding: torch.Tensor
+    ) -> torch.Tensor:
+        """The UNet's prediction for unshuffled samples [n, 3*patch^2, s, s] at ``timestep``."""
+        return self.unet(sample, timestep, class_labels=embedding).sample
+
+    def to_model_space(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8-range float images [n, S, S, 3] -> [-1, 1], pixel-unshuffled [n, 3p^2, S/p, S/p]."""
+        x = images.permute(0, 3, 1, 2) / 127.5 - 1.0
+        return F.pixel_unshuffle(x, self.config.patch)
+
+    def to_images(self, sample: torch.Tensor) -> np.ndarray:
+        """Model-space samples -> uint8 images [n, S, S, 3]."""
+        x = F.pixel_shuffle(sample, self.config.patch).clamp(-1, 1)
+        return ((x + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+
+
+def noise_scheduler(config: EmbeddedConfig):  # -> diffusers.DDPMScheduler
+    """The training noise schedule."""
+    from diffusers import DDPMScheduler
+
+    return DDPMScheduler(
+        num_train_timesteps=config.train_timesteps,
+        beta_schedule=config.beta_schedule,
+        prediction_type=config.prediction_type,
+        clip_sample=True,
     )
 
 
-def store_cache_dir(store: TensorStore) -> Path:
-    """``STORE/cache`` beside ``CURRENT`` and ``versions/`` (never inside a checksummed version)."""
-    if store.path.parent.name != "versions":
-        raise UserInputError(
-            f"Store {store.path} is a bare version directory with no cache; give the diffusion "
-            "model's directory explicitly (train diffusion --out DIR, reconstruct --weights DIR)"
-        )
-    return store.path.parent.parent / "cache"
+def denoising_loss(
+    model: EmbeddedDiffusion,
+    x0: torch.Tensor,
+    condition: torch.Tensor,
+    generator: torch.Generator,
+    scheduler: Any = None,
+) -> torch.Tensor:
+    """Mean squared error of the model's prediction at random timesteps and noise.
 
-
-def cached_weights(store: TensorStore, overrides: list[str] | None = None) -> Path:
-    """Where `train diffusion --store STORE [--set ...]` (no --out) puts its model."""
-    model, trainer = resolve_settings(overrides or [])
-    return store_cache_dir(store) / f"{NAME}-{cache_key(store, model, trainer)[:12]}"
-
-
-def is_finished(directory: Path, key: str) -> bool:
-    """True when ``directory`` holds a finished model trained with cache key ``key``."""
-    config_path = Path(directory) / CONFIG_FILE
-    if not (config_path.is_file() and (Path(directory) / METRICS_FILE).is_file()):
-        return False
-    return json.loads(config_path.read_text()).get("cache_key") == key
-
-
-def train_diffusion(
-    store_path: Path,
-    out: Path | None,
-    subjects: list[str] | None = None,
-    overrides: list[str] | None = None,
-    resume: bool = False,
-    progress: bool = True,
-) -> Path:
-    """Train the embedded diffusion model on the store's training images; returns its directory.
-
-    ``out`` None = the store's cache. A finished directory with the same store version and
-    settings is returned as it is (nothing trained); another existing ``out`` is refused.
-    The directory appears atomically: ``model.safetensors``, ``config.json``, ``metrics.json``
-    (training facts, ``cache_hit``) and ``samples.png`` (training images vs. generated).
+    ``x0`` is model-space ([-1, 1], unshuffled); ``generator`` draws the timesteps, the noise
+    and the condition dropout, so a fixed generator gives a fixed evaluation of the loss.
     """
-    if subjects:
+    scheduler = scheduler or noise_scheduler(model.config)
+    n = x0.shape[0]
+    noise = torch.randn(x0.shape, generator=generator)
+    t = torch.randint(0, model.config.train_timesteps, (n,), generator=generator)
+    drop = torch.rand(n, generator=generator) < model.config.condition_dropout
+    noisy = scheduler.add_noise(x0, noise, t)
+    target = {
+        "epsilon": noise,
+        "sample": x0,
+        "v_prediction": scheduler.get_velocity(x0, noise, t) if n else noise,
+    }[model.config.prediction_type]
+    return F.mse_loss(model(noisy, t, model.embed(condition, drop)), target)
+
+
+def save_embedded(model: EmbeddedDiffusion, directory: Path, extra: dict[str, Any]) -> None:
+    """Write ``model.safetensors`` + ``config.json`` (with ``extra`` facts) into ``directory``."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(directory / WEIGHTS_FILE))
+    config = {
+        "backend": BACKEND_NAME,
+        "model": model.config.model_dump(mode="json"),
+        "condition_dim": model.condition_dim,
+        **extra,
+    }
+    (directory / CONFIG_FILE).write_text(json.dumps(config, indent=2))
+
+
+def load_embedded_model(weights_dir: Path) -> EmbeddedDiffusion:
+    """A trained :class:`EmbeddedDiffusion` from a `train diffusion` directory (eval mode)."""
+    weights_dir = Path(weights_dir)
+    config_path, weights_path = weights_dir / CONFIG_FILE, weights_dir / WEIGHTS_FILE
+    for path in (config_path, weights_path):
+        if not path.is_file():
+            raise UserInputError(
+                f"{path} is missing; pass the --out directory of `braindecode-cli train diffusion`"
+            )
+    saved = json.loads(config_path.read_text())
+    if saved.get("backend") != BACKEND_NAME:
         raise UserInputError(
-            "train diffusion learns from the stimulus images, not from subjects; drop --subjects"
+            f"{config_path} is not an embedded diffusion model (backend {saved.get('backend')!r})"
         )
-    if resume:
-        raise UserInputError("train diffusion cannot --resume; run it again without --resume")
-    model_cfg, train_cfg = resolve_settings(overrides or [])
-    store = TensorStore.open(store_path)
-    key = cache_key(store, model_cfg, train_cfg)
-    out = Path(out) if out is not None else store_cache_dir(store) / f"{NAME}-{key[:12]}"
-    if is_finished(out, key):
-        return out
-    if out.exists() and any(out.iterdir()):
+    try:
+        config = EmbeddedConfig(**saved["model"])
+    except ValidationError as err:
         raise UserInputError(
-            f"{out} exists and holds something else than this store's diffusion model with "
-            "these settings; choose another --out"
-        )
-    images, conditions = training_data(store, model_cfg)
-    from mindzoo.reconstruction.embedded import save_embedded, train_embedded
-
-    model, facts = train_embedded(images, conditions, model_cfg, train_cfg, progress=progress)
-    with atomic_directory(out) as tmp:
-        save_embedded(
-            model,
-            tmp,
-            {
-                "trainer": train_cfg.model_dump(mode="json"),
-                "cache_key": key,
-                "store": str(store.path.resolve()),
-                "store_config_hash": store.manifest["config_hash"],
-                "dataset": store.dataset,
-            },
-        )
-        _write_preview(tmp / "samples.png", model, images, conditions)
-        metrics = {"model": NAME, "dataset": store.dataset, "training": facts}
-        (tmp / METRICS_FILE).write_text(json.dumps(metrics, indent=2))
-    return out
-
-
-def training_data(store: TensorStore, config: EmbeddedConfig) -> tuple[np.ndarray, np.ndarray]:
-    """Training-split stimulus images uint8 [n, h, w, 3] and their conditions float32 [n, d]."""
-    rows = np.flatnonzero(np.asarray(store.stimulus_splits) == "train")
-    if not len(rows):
-        raise UserInputError(f"Store {store.path} has no training-split stimuli to learn from")
-    features = store.features(config.condition_space, config.condition_kind)
-    images = np.asarray(store.images().get_orthogonal_selection((rows,)))
-    conditions = np.asarray(features.get_orthogonal_selection((rows,)), dtype=np.float32)
-    return images, conditions.reshape(len(rows), -1)
-
-
-def _write_preview(path: Path, model: Any, images: np.ndarray, conditions: np.ndarray) -> None:
-    """Two rows: training images, and what the model generates from their conditions."""
-    from PIL import Image
-
-    from mindzoo.reconstruction.base import GenerationSettings, resize_images
-    from mindzoo.reconstruction.embedded import EmbeddedBackend
-
-    n = min(PREVIEW_ITEMS, len(images))
-    generated = EmbeddedBackend(model).generate(conditions[:n], GenerationSettings(steps=20))
-    truth = resize_images(images[:n], model.config.image_size)
-    grid = np.concatenate([np.concatenate(list(truth), 1), np.concatenate(list(generated), 1)], 0)
-    Image.fromarray(grid).save(path)
-
-
-def _build(config: EmbeddedConfig) -> Any:
-    """An untrained model for a 1280-d condition (efficientnet-lite0 global), for `models`."""
-    from mindzoo.reconstruction.embedded import EmbeddedDiffusion
-
-    return EmbeddedDiffusion(config, condition_dim=1280)
-
-
-register_model(
-    NAME,
-    config_cls=EmbeddedConfig,
-    description=(
-        "Embedded conditional pixel diffusion (UNet, classifier-free guidance) for "
-        "`reconstruct --backend embedded`; trains on the store's training images"
-    ),
-    factory=_build,
-    count_parameters=count_parameters,
-    train_fn=train_diffusion,
-)
+            f"Invalid model config in {config_path}: {err.errors()[0]['msg']}"
+        ) from None
+    model = EmbeddedDiffusion(config, int(saved["condition_dim"]))
+    model.load_state_dict(load_file(str(weights_path), device="cpu"))
+    return model.eval()

@@ -30,8 +30,6 @@ cross-entropy and no contrastive term; the reconstruction head is one linear map
 from __future__ import annotations
 
 import math
-import re
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -40,11 +38,12 @@ from torch import nn
 
 from mindzoo.datasets.ephys_views import RecordingInfo
 from mindzoo.errors import UserInputError
-from mindzoo.models.registry import register_model
+from mindzoo.models.trainable import EphysModel
 
 # What `create_model("du-in-*")` builds for (`braindecode-cli models`): one Du-IN subject, the
 # paper's 10 selected channels, 3 s at 1000 Hz, 61 words.
 REFERENCE_RECORDING = RecordingInfo({"sub-01": 10}, n_times=3000, sfreq=1000.0, n_classes=61)
+REFERENCE_SHAPES = {"info": REFERENCE_RECORDING}
 
 # Settings that define the encoder's weights: a stage initialised from an earlier run takes them
 # from that run, so the weights fit.
@@ -363,7 +362,7 @@ def _broadcast(tensor: torch.Tensor) -> None:
 
 
 # ---------------------------------------------------------------------------------- the stages
-class DuINVQVAE(nn.Module):
+class DuINVQVAE(EphysModel):
     """Stage 1: the neural tokenizer (encoder + codebook) trained by reconstruction."""
 
     kind = "ephys-pretrain"
@@ -432,7 +431,7 @@ def masked_code_loss(
     return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), codes.reshape(-1))
 
 
-class DuINMAE(nn.Module):
+class DuINMAE(EphysModel):
     """Stage 2: a fresh encoder predicts the frozen tokenizer's codes of masked patches.
 
     The frozen stage-1 model (``teacher``) is part of the module, so a mae run's weights are
@@ -493,7 +492,7 @@ class DuINMAE(nn.Module):
         return {"loss": loss, "code_accuracy": (predicted == codes).float().mean().detach()}
 
 
-class DuINClassifier(nn.Module):
+class DuINClassifier(EphysModel):
     """Stage 3: encoder -> flatten -> ``cls_hidden`` (ReLU) -> class logits.
 
     The head's linear layers start as Du-IN's (weights N(0, 0.02), biases 0). With
@@ -537,102 +536,3 @@ def classification_outputs(logits: torch.Tensor, y: torch.Tensor | None) -> dict
         out["loss"] = F.cross_entropy(logits, y)
         out["accuracy"] = (logits.argmax(-1) == y).float().mean().detach()
     return out
-
-
-_SUBJECT_KEY = re.compile(r"^subject\.layers\.([^.]+)\.|\.stats\.([^.]+)\.")
-
-
-def subject_of_key(key: str) -> str | None:
-    """The subject an encoder state key belongs to (its spatial layer or its tokenizer
-    normalisation statistics), None for the shared weights."""
-    match = _SUBJECT_KEY.search(key)
-    return None if match is None else match.group(1) or match.group(2)
-
-
-def load_encoder(
-    target: DuINEncoder, source_state: dict[str, torch.Tensor], where: str
-) -> list[str]:
-    """Copy an earlier stage's encoder weights (keys ``encoder.*``) into ``target``.
-
-    Shared parts (tokenizer, transformer) must fit exactly; per-subject parts (spatial layer,
-    tokenizer normalisation statistics) are copied for the subjects both have with the same
-    channel count, the others keep their fresh weights. Returns the subjects copied.
-    """
-    prefix = "encoder."
-    source = {k[len(prefix) :]: v for k, v in source_state.items() if k.startswith(prefix)}
-    own = target.state_dict()
-    shared = [k for k in own if subject_of_key(k) is None]
-    bad = [k for k in shared if k not in source or source[k].shape != own[k].shape]
-    if bad:
-        raise UserInputError(
-            f"The encoder in {where} does not fit this model ({bad[0]} missing or of another "
-            "shape); train with the same store sampling rate and encoder settings"
-        )
-    update = {k: source[k] for k in shared}
-    per_subject: dict[str, list[str]] = {}
-    for key in own:
-        subject = subject_of_key(key)
-        if subject is not None:
-            per_subject.setdefault(subject, []).append(key)
-    copied = []
-    for subject, keys in per_subject.items():
-        if all(k in source and source[k].shape == own[k].shape for k in keys):
-            update.update({k: source[k] for k in keys})
-            copied.append(subject)
-    target.load_state_dict({**own, **update})
-    return sorted(copied)
-
-
-def count_parameters(model: nn.Module) -> int:
-    """Trainable parameters (a mae's frozen teacher is not counted)."""
-    return sum(p.numel() for p in model.parameters() if p.requires_grad)
-
-
-def build_stage(
-    stage: str,
-    config: DuINConfig,
-    info: RecordingInfo,
-    teacher: DuINConfig | None = None,
-    teacher_info: RecordingInfo | None = None,
-) -> nn.Module:
-    """The module of ``stage`` ("vqvae", "mae", "cls"); mae takes its tokenizer's config and
-    recordings (default: its own)."""
-    if stage == "vqvae":
-        return DuINVQVAE(config, info)
-    if stage == "mae":
-        return DuINMAE(config, info, teacher or config, teacher_info)
-    if stage == "cls":
-        return DuINClassifier(config, info)
-    raise ValueError(f"unknown Du-IN stage {stage!r}")
-
-
-def reference_model(stage: str) -> Any:
-    """Factory of the registry: ``stage`` for :data:`REFERENCE_RECORDING`."""
-    return lambda config: build_stage(stage, config, REFERENCE_RECORDING)
-
-
-def train_fn(name: str) -> Any:
-    """The registry's ``train_fn`` of ephys model ``name``: the ephys trainer's run."""
-
-    def train(**kwargs: Any) -> Any:
-        from mindzoo.training.ephys import train_ephys  # the trainer imports this module
-
-        return train_ephys(name, **kwargs)
-
-    return train
-
-
-_STAGES = {
-    "du-in-vqvae": ("vqvae", "Du-IN stage 1: sEEG tokenizer, VQ-VAE with a cosine codebook"),
-    "du-in-mae": ("mae", "Du-IN stage 2: masked prediction of the stage-1 codes (init=VQVAE run)"),
-    "du-in-cls": ("cls", "Du-IN stage 3: word classification (optional init=MAE run)"),
-}
-for _name, (_stage, _description) in _STAGES.items():
-    register_model(
-        _name,
-        config_cls=DuINConfig,
-        description=_description,
-        factory=reference_model(_stage),
-        count_parameters=count_parameters,
-        train_fn=train_fn(_name),
-    )

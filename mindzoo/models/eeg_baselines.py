@@ -22,11 +22,13 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from mindzoo.datasets.ephys_views import RecordingInfo
-from mindzoo.models.du_in import classification_outputs, count_parameters, train_fn
-from mindzoo.models.registry import register_model
+from mindzoo.extras import require
+from mindzoo.models.du_in import classification_outputs
+from mindzoo.models.trainable import EphysModel
 
 # Du-IN's reference recording: 10 channels, 3 s at 1000 Hz, 61 words (`braindecode-cli models`)
 REFERENCE_RECORDING = RecordingInfo({"sub-01": 10}, n_times=3000, sfreq=1000.0, n_classes=61)
+REFERENCE_SHAPES = {"info": REFERENCE_RECORDING}
 
 
 class BaselineConfig(BaseModel):
@@ -48,7 +50,7 @@ def _scaled(samples: int, design_sfreq: float, sfreq: float, scale: bool) -> int
 
 
 def _eegnet(config: BaselineConfig, n_chans: int, info: RecordingInfo) -> nn.Module:
-    from braindecode.models import EEGNetv4  # imported on use: braindecode loads slowly
+    EEGNetv4 = require("braindecode.models", "eeg").EEGNetv4  # on use: loads slowly
 
     kernel = _scaled(64, 128.0, info.sfreq, config.scale_to_sfreq)
     return EEGNetv4(
@@ -92,32 +94,32 @@ def _fbcsp_style(
 
 
 def _shallow(config: BaselineConfig, n_chans: int, info: RecordingInfo) -> nn.Module:
-    from braindecode.models import ShallowFBCSPNet
+    ShallowFBCSPNet = require("braindecode.models", "eeg").ShallowFBCSPNet
 
     return _fbcsp_style(ShallowFBCSPNet, "final_conv_length", config, n_chans, info)
 
 
 def _conformer(config: BaselineConfig, n_chans: int, info: RecordingInfo) -> nn.Module:
-    from braindecode.models import EEGConformer
+    EEGConformer = require("braindecode.models", "eeg").EEGConformer
 
     return _fbcsp_style(EEGConformer, "final_fc_length", config, n_chans, info)
 
 
 BASELINES = {
-    "eegnet": (_eegnet, "EEGNetv4 (braindecode), one network per subject"),
-    "shallow-fbcsp": (_shallow, "ShallowFBCSPNet (braindecode), one network per subject"),
-    "eeg-conformer": (_conformer, "EEGConformer (braindecode), one network per subject"),
+    "eegnet": _eegnet,
+    "shallow-fbcsp": _shallow,
+    "eeg-conformer": _conformer,
 }
 
 
-class PerSubjectBaseline(nn.Module):
+class PerSubjectBaseline(EphysModel):
     """One braindecode network per subject: ``forward(x [b, ch, time], subject, y)``."""
 
     kind = "ephys-classifier"
 
-    def __init__(self, family: str, config: BaselineConfig, info: RecordingInfo) -> None:
+    def __init__(self, config: BaselineConfig, info: RecordingInfo, family: str) -> None:
         super().__init__()
-        make = BASELINES[family][0]
+        make = BASELINES[family]
         self.info = info
         with warnings.catch_warnings():  # braindecode's import and argument-name chatter
             warnings.simplefilter("ignore")
@@ -131,16 +133,3 @@ class PerSubjectBaseline(nn.Module):
         self, x: torch.Tensor, subject: str, y: torch.Tensor | None = None
     ) -> dict[str, torch.Tensor]:
         return classification_outputs(self.logits(x, subject), y)
-
-
-for _name, (_, _description) in BASELINES.items():
-    register_model(
-        _name,
-        config_cls=BaselineConfig,
-        description=f"{_description}; ephys classification",
-        factory=lambda config, family=_name: PerSubjectBaseline(
-            family, config, REFERENCE_RECORDING
-        ),
-        count_parameters=count_parameters,
-        train_fn=train_fn(_name),
-    )

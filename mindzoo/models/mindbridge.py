@@ -66,7 +66,6 @@ from mindzoo.models.base import (
     FMRIDecoder,
     flat_size,
     freeze_all_but,
-    register_decoder,
 )
 from mindzoo.models.mindeye_mlp import target_loss
 
@@ -273,10 +272,3 @@ class ResetTuning(AdaptationStrategy):
             *model.builders[context.subject].parameters(),
         ]
         freeze_all_but(model, trainable)
-
-
-register_decoder(
-    "mindbridge",
-    MindBridge,
-    "MindBridge: voxel max-pooling, per-subject embedder/builder, shared translator, cycle loss",
-)

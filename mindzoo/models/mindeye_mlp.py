@@ -43,7 +43,6 @@ from mindzoo.models.base import (
     FMRIDecoder,
     flat_size,
     freeze_all_but,
-    register_decoder,
 )
 
 
@@ -174,10 +173,3 @@ class NewSubjectLayer(AdaptationStrategy):
             raise TypeError(f"NewSubjectLayer adapts MindEyeMLP, got {type(model).__name__}")
         model.add_subject(context.subject, context.n_voxels)
         freeze_all_but(model, model.subject_layers[context.subject].parameters())
-
-
-register_decoder(
-    "mindeye-mlp",
-    MindEyeMLP,
-    "Per-subject linear layer + shared residual MLP (MindEye2 backbone), MSE + SoftCLIP",
-)

@@ -25,7 +25,6 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from mindzoo.errors import UserInputError
-from mindzoo.models.registry import register_model
 
 
 class RidgeConfig(BaseModel):
@@ -344,11 +343,3 @@ def _as_float_matrices(X: np.ndarray, Y: np.ndarray) -> tuple[np.ndarray, np.nda
                 f"{name} contain NaN or infinite values; drop or impute them before fitting"
             )
     return X, Y
-
-
-register_model(
-    "ridge",
-    config_cls=RidgeConfig,
-    description="Per-subject ridge regression voxels -> features, penalty chosen by grouped CV",
-    factory=RidgeDecoder,
-)

@@ -147,7 +147,7 @@ def _resolve_weights(
     """The embedded backend defaults to the store's cached default-settings model."""
     if weights is not None or name != "embedded":
         return weights, None
-    from mindzoo.models.diffusion import cached_weights
+    from mindzoo.reconstruction.embedded import cached_weights
 
     cached = cached_weights(store)
     if not (cached / "model.safetensors").is_file():

@@ -56,14 +56,14 @@ from mindzoo.datasets.views import (
     parse_target,
 )
 from mindzoo.errors import UserInputError
-from mindzoo.models.base import AdaptationContext, FMRIDecoder, count_parameters
+from mindzoo.models import count_parameters, load_model
+from mindzoo.models.base import AdaptationContext, FMRIDecoder
 from mindzoo.training import checkpoint as ckpt
-from mindzoo.training.run import TrainSettings, decoder_targets
+from mindzoo.training.decoders import TrainSettings, decoder_targets, predict
 from mindzoo.training.trainer import (
     Trainer,
     TrainerConfig,
     make_accelerator,
-    predict,
     seed_everything,
 )
 
@@ -228,7 +228,7 @@ def adapt_model(
     given. ``overrides`` are ``KEY=VALUE`` settings (``trainer.*``, ``data.val_fraction`` ...).
     """
     checkpoint, out = Path(checkpoint), Path(out)
-    model = ckpt.load_model(checkpoint)
+    model = load_model(checkpoint)
     run_config = json.loads((checkpoint / "config.json").read_text())
     strategy = model.adaptation_strategy()
     settings = _adapt_settings(run_config, overrides or [], strategy.trainer_defaults)

@@ -1,4 +1,4 @@
-"""Checkpoints of torch decoders: what is saved, how it is reloaded, nothing unpickled.
+"""Checkpoints of torch models: what is saved, how it is reloaded, nothing unpickled.
 
 A checkpoint directory (``RUN/checkpoints/step-00000120/``)::
 
@@ -16,7 +16,7 @@ A checkpoint directory (``RUN/checkpoints/step-00000120/``)::
 Checkpoints are built in a hidden sibling and renamed into place, then older ones beyond
 ``keep`` are removed: a kill at any moment leaves the previous complete checkpoint.
 A finished run directory has the same ``model.safetensors`` + ``config.json`` pair, so
-:func:`load_model` reads a run directory and a checkpoint directory alike.
+:func:`mindzoo.models.load_model` reads a run directory and a checkpoint directory alike.
 """
 
 from __future__ import annotations
@@ -34,8 +34,6 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from mindzoo.errors import UserInputError
-from mindzoo.models.base import FMRIDecoder, decoder_class
-from mindzoo.models.registry import make_config
 
 STATE_FILE = "trainer_state.json"
 _PREFIX = "step-"
@@ -91,20 +89,6 @@ def save_weights(path: Path, state: dict[str, torch.Tensor]) -> None:
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}")
     save_file({k: v.contiguous() for k, v in state.items()}, str(tmp))
     os.replace(tmp, path)
-
-
-def load_weights(path: Path, model: nn.Module) -> None:
-    """Load safetensors weights into ``model``; a mismatch names the file and the keys."""
-    state = load_file(str(path))
-    own = model.state_dict()
-    missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
-    wrong = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
-    if missing or unexpected or wrong:
-        raise UserInputError(
-            f"Weights in {path} do not fit the model (missing {missing[:3]}, unexpected "
-            f"{unexpected[:3]}, wrong shape {wrong[:3]}); the checkpoint belongs to another config"
-        )
-    model.load_state_dict(state)
 
 
 def latest_checkpoint(root: Path) -> Path | None:
@@ -217,30 +201,3 @@ def _rng_state() -> dict[str, torch.Tensor]:
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         state["cuda"] = torch.stack(torch.cuda.get_rng_state_all())
     return state
-
-
-def build_model(run_config: dict[str, Any]) -> FMRIDecoder:
-    """A freshly initialised decoder of the architecture described by a run config."""
-    name = run_config["model"]
-    cls = decoder_class(name)
-    if cls is None:
-        raise UserInputError(f"Model '{name}' is not a torch decoder; it has no torch checkpoint")
-    config = make_config(name, **run_config["settings"]["model"])
-    spec = dict(run_config["build"])  # FamilyClass(config, **build_spec()) rebuilds it (base.py)
-    spec["target_shapes"] = {k: tuple(v) for k, v in spec["target_shapes"].items()}
-    return cls(config, **spec)
-
-
-def load_model(path: Path) -> FMRIDecoder:
-    """Rebuild a trained decoder from a run or checkpoint directory, in eval mode."""
-    path = Path(path)
-    config_path, weights_path = path / "config.json", path / "model.safetensors"
-    for needed in (config_path, weights_path):
-        if not needed.is_file():
-            raise UserInputError(
-                f"{needed} is missing; pass a run directory of `braindecode-cli train` or one of "
-                "its checkpoints/step-* directories"
-            )
-    model = build_model(json.loads(config_path.read_text()))
-    load_weights(weights_path, model)
-    return model.eval()

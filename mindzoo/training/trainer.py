@@ -1,18 +1,24 @@
-"""The trainer of torch decoders, on Hugging Face Accelerate: one code path for CPU, one GPU,
-multi-GPU or multi-process CPU data parallelism (DDP) and mixed precision.
+"""The one trainer of the zoo's torch families, on Hugging Face Accelerate: one code path for
+CPU, one GPU, multi-GPU or multi-process CPU data parallelism (DDP) and mixed precision.
 
-Usage (single process; the same code under ``torchrun --nproc_per_node N``)::
+It trains any :class:`~mindzoo.models.trainable.TrainableModel` (fMRI decoders, Du-IN stages,
+the braindecode baselines) on any dataset view with ``sizes``, ``len()`` and
+``batch(indices, augment=...)`` (:class:`~mindzoo.datasets.views.FMRIDataset`,
+:class:`~mindzoo.datasets.ephys_views.EphysDataset`). Usage (single process; the same code
+under ``torchrun --nproc_per_node N``)::
 
     trainer = Trainer(TrainerConfig(epochs=20))
     seed_everything(0)                       # before building the model: identical init
-    model = MindEyeMLP(config, n_voxels, target_shapes)
+    model = create_model("mindeye-mlp", config, n_voxels=..., target_shapes=...)
     model.target_scaler.fit(splits["train"].target_statistics())
     state = trainer.fit(model, splits["train"], splits["val"], checkpoint_dir=run / "checkpoints")
 
 What one ``fit`` does, per stage of ``model.stages()``: ``model.start_stage(...)``; AdamW over
-the parameters left trainable; a learning-rate schedule over the stage's steps (linear warm-up
-then cosine decay, one-cycle, or constant); epochs of subject-homogeneous batches
-(:class:`~mindzoo.datasets.views.SubjectBatchSampler`); the validation loss after every epoch;
+the parameters left trainable (the family's ``optimizer_groups`` and ``adam_betas``: Du-IN keeps
+its published betas); a learning-rate schedule over the stage's steps (linear warm-up then cosine
+decay, one-cycle, or constant); epochs of subject-homogeneous batches
+(:class:`~mindzoo.datasets.views.SubjectBatchSampler`, augmented where the view augments) through
+``model.training_step``; the validation loss (and the model's other logs) after every epoch;
 early stopping when it has not improved for ``patience`` epochs; at the end of the stage the
 best-validation weights are restored. Checkpoints (see :mod:`mindzoo.training.checkpoint`) are
 written at the end of every epoch and every ``checkpoint_every_steps`` steps; ``resume=True``
@@ -35,7 +41,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
@@ -43,14 +48,15 @@ from accelerate.utils import DistributedDataParallelKwargs, set_seed
 from pydantic import BaseModel, ConfigDict, Field
 from tqdm.auto import tqdm
 
-from mindzoo.datasets.views import FMRIDataset, SubjectBatchSampler
+from mindzoo.datasets.views import SubjectBatchSampler
 from mindzoo.errors import UserInputError
-from mindzoo.models.base import FMRIDecoder, Stage
+from mindzoo.models.loading import load_weights
+from mindzoo.models.trainable import Stage, TrainableModel
 from mindzoo.training import checkpoint as ckpt
 
 
 class TrainerConfig(BaseModel):
-    """Optimisation settings shared by all torch decoders."""
+    """Optimisation settings shared by all torch families."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -145,16 +151,14 @@ def end_cos(begin: float, end: float, progress: float) -> float:
 
 
 class Trainer:
-    """Trains a :class:`~mindzoo.models.base.FMRIDecoder` on an :class:`FMRIDataset`."""
+    """Trains a :class:`~mindzoo.models.trainable.TrainableModel` on a dataset view."""
 
     def __init__(self, config: TrainerConfig, accelerator: Accelerator | None = None) -> None:
         self.config = config
         self.accelerator = accelerator or make_accelerator(config)
 
     # ------------------------------------------------------------------ helpers
-    def _sampler(
-        self, dataset: FMRIDataset, shuffle: bool, stage_index: int
-    ) -> SubjectBatchSampler:
+    def _sampler(self, dataset: Any, shuffle: bool, stage_index: int) -> SubjectBatchSampler:
         acc = self.accelerator
         return SubjectBatchSampler(
             dataset.sizes,
@@ -171,30 +175,34 @@ class Trainer:
         return self.accelerator.reduce(tensor, "sum").tolist()
 
     @torch.no_grad()
-    def validation_loss(self, model: FMRIDecoder, dataset: FMRIDataset) -> float | None:
-        """Mean loss over ``dataset`` (all processes together); None when it is empty."""
+    def validate(self, model: TrainableModel, dataset: Any) -> dict[str, float] | None:
+        """Trial-weighted means of the loss and the model's logs over ``dataset`` (all processes
+        together), in eval mode; None when it is empty."""
         if len(dataset) == 0:
             return None
         was_training = model.training
         model.eval()
-        total, count = 0.0, 0
+        sums: dict[str, float] = {"loss": 0.0}
+        count = 0
         for indices in self._sampler(dataset, shuffle=False, stage_index=0):
             batch = dataset.batch(indices).to(self.accelerator.device)
             with self.accelerator.autocast():
-                outputs = model(batch.voxels, batch.subject)
-                loss, _ = model.loss(outputs, model.target_scaler.transform(batch.targets))
-            total += float(loss) * len(batch)
+                loss, logs = model.training_step(batch)
+            sums["loss"] += float(loss) * len(batch)
+            for key, value in logs.items():
+                if key != "loss":
+                    sums[key] = sums.get(key, 0.0) + value * len(batch)
             count += len(batch)
         model.train(was_training)
-        total, count = self._reduce_sum(total, count)
-        return total / count
+        *totals, count = self._reduce_sum(*sums.values(), count)
+        return {key: total / count for key, total in zip(sums, totals, strict=True)}
 
     # --------------------------------------------------------------------- fit
     def fit(
         self,
-        model: FMRIDecoder,
-        train: FMRIDataset,
-        val: FMRIDataset | None = None,
+        model: TrainableModel,
+        train: Any,
+        val: Any = None,
         *,
         checkpoint_dir: Path | None = None,
         resume: bool = False,
@@ -217,7 +225,7 @@ class Trainer:
         best: dict[str, torch.Tensor] | None = None
         if latest is not None:
             state = ckpt.read_state(latest)
-            ckpt.load_weights(latest / "model.safetensors", model)
+            load_weights(latest / "model.safetensors", model)
             best = ckpt.read_best(latest)
             ckpt.load_rng(latest, acc.process_index)
         else:
@@ -241,10 +249,10 @@ class Trainer:
 
     def _run_stage(
         self,
-        model: FMRIDecoder,
+        model: TrainableModel,
         stages: list[Stage],
-        train: FMRIDataset,
-        val: FMRIDataset | None,
+        train: Any,
+        val: Any,
         state: ckpt.TrainerState,
         best: dict[str, torch.Tensor] | None,
         latest: Path | None,
@@ -270,7 +278,12 @@ class Trainer:
             )
         total = epochs * len(sampler)
         warmup = int(cfg.warmup_fraction * total)
-        optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        optimizer = torch.optim.AdamW(
+            model.optimizer_groups(params),
+            lr=cfg.lr,
+            betas=model.adam_betas,
+            weight_decay=cfg.weight_decay,
+        )
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda step: lr_multiplier(cfg.schedule, step, total, warmup)
         )
@@ -314,10 +327,9 @@ class Trainer:
             for index, indices in enumerate(sampler):
                 if index < state.step_in_epoch:
                     continue
-                batch = train.batch(indices).to(acc.device)
+                batch = train.batch(indices, augment=True).to(acc.device)
                 with acc.autocast():
-                    outputs = wrapped(batch.voxels, batch.subject)
-                    loss, logs = model.loss(outputs, model.target_scaler.transform(batch.targets))
+                    loss, logs = model.training_step(batch, wrapped)
                 acc.backward(loss)
                 if cfg.grad_clip is not None:
                     acc.clip_grad_norm_(params, cfg.grad_clip)
@@ -344,7 +356,8 @@ class Trainer:
             total_loss, n_total = self._reduce_sum(loss_sum, n_local)
             state.epoch_loss_sum, state.epoch_samples = 0.0, 0
             state.samples_seen += int(n_total)
-            val_loss = self.validation_loss(model, val) if val is not None else None
+            val_logs = self.validate(model, val) if val is not None else None
+            val_loss = val_logs["loss"] if val_logs else None
             bar.set_postfix(train=f"{total_loss / max(n_total, 1):.4f}", val=f"{val_loss or 0:.4f}")
             bar.close()
             improved = val_loss is not None and (
@@ -363,6 +376,7 @@ class Trainer:
                     "step": state.global_step,
                     "train_loss": total_loss / max(n_total, 1),
                     "val_loss": val_loss,
+                    **{f"val_{k}": v for k, v in (val_logs or {}).items() if k != "loss"},
                     "lr": scheduler.get_last_lr()[0],
                 }
             )
@@ -379,7 +393,7 @@ class Trainer:
 
     @staticmethod
     def _finish_stage(
-        model: FMRIDecoder, state: ckpt.TrainerState, best: dict[str, torch.Tensor] | None
+        model: TrainableModel, state: ckpt.TrainerState, best: dict[str, torch.Tensor] | None
     ) -> None:
         """Restore the stage's best-validation weights and move on to the next stage."""
         if best is not None:
@@ -388,28 +402,3 @@ class Trainer:
         state.epoch = 0
         state.best_val_loss = None
         state.bad_epochs = 0
-
-
-@torch.no_grad()
-def predict(
-    model: FMRIDecoder, dataset: FMRIDataset, batch_size: int = 256, device: str | None = None
-) -> dict[str, dict[str, np.ndarray]]:
-    """Predicted features per subject, ``{subject: {target: [n_rows, *shape]}}`` in dataset order.
-
-    Runs in eval mode and float32 on ``device`` (default: where the model is).
-    """
-    device = device or next(model.parameters()).device
-    model.eval()
-    out: dict[str, dict[str, np.ndarray]] = {}
-    for subject in dataset.subjects:
-        rows = dataset.subject_slice(subject)
-        parts: dict[str, list[np.ndarray]] = {name: [] for name in model.target_shapes}
-        for begin in range(rows.start, rows.stop, batch_size):
-            batch = dataset.batch(range(begin, min(begin + batch_size, rows.stop))).to(device)
-            for name, value in model.predict(batch.voxels, subject).items():
-                parts[name].append(value.float().cpu().numpy())
-        out[subject] = {
-            name: np.concatenate(chunks) if chunks else np.empty((0, *model.target_shapes[name]))
-            for name, chunks in parts.items()
-        }
-    return out
