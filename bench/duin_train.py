@@ -5,9 +5,9 @@
    multi-subject) pre-trained on the unlabeled free-speech windows (synthetic-ieeg-speech, as
    Du-IN pre-trains on unlabeled recordings) and/or on the labeled training trials only,
    du-in-cls from scratch, braindecode baselines (default: eegnet and shallow-fbcsp, one network
-   per subject) and chance; each model with its default preset (``configs/models``), all on the
-   same labeled store, splits and trainer. ``summary.checks`` states the issue's ordering; a bar
-   chart goes next to the JSON (.png).
+   per subject) and chance; each model with its default preset (``mindzoo/configs/models``),
+   all on the same labeled store, splits and trainer. ``summary.checks`` states the issue's
+   ordering; a bar chart goes next to the JSON (.png).
 2. Throughput and model FLOP utilisation (MFU) of each Du-IN stage: samples/s of the trainer (its
    own measurement: training loop time, data reads and augmentation included, validation
    excluded) and of bare training steps on one resident batch (forward, backward, AdamW); FLOPs

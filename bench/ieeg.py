@@ -28,10 +28,11 @@ from pathlib import Path
 
 import numpy as np
 
-from mindzoo.datasets.catalog import get_dataset, resolve_settings
-from mindzoo.datasets.synthetic_ieeg import SPEECH_REGIONS, SyntheticIEEGConfig, simulate_bids
+from mindzoo.datasets.catalog import get_dataset
+from mindzoo.datasets.synthetic.ieeg import SPEECH_REGIONS, SyntheticIEEGConfig, simulate_bids
 from mindzoo.pipelines.ephys import EXTENSIONS, PreparedEphys, prepare_bids_ephys
 from mindzoo.pipelines.ephys.config import IEEGPipelineConfig
+from mindzoo.pipelines.prepare import resolve_settings
 
 
 def recordings(root: Path) -> list[Path]:

@@ -29,9 +29,10 @@ import numpy as np
 import torch
 
 from mindzoo.datasets import datalad_source
-from mindzoo.datasets.catalog import get_dataset, resolve_settings
-from mindzoo.datasets.prepare import prepare_dataset
-from mindzoo.datasets.synthetic_fmri import SyntheticFMRIConfig, simulate_bids
+from mindzoo.datasets.catalog import get_dataset
+from mindzoo.datasets.synthetic.fmri import simulate_bids
+from mindzoo.datasets.synthetic.fmri_config import SyntheticFMRIConfig
+from mindzoo.pipelines.prepare import prepare_dataset, resolve_settings
 
 
 def load_all_bold(root: Path) -> tuple[float, int]:

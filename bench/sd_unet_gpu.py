@@ -87,7 +87,8 @@ def build_backend(smoke: bool, device: str):
     """Our sd-image-variations backend around a random-weight UNet + VAE built from config."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
 
-    from mindzoo.reconstruction.pretrained import LatentSampler, SDImageVariations
+    from mindzoo.reconstruction.pretrained.common import LatentSampler
+    from mindzoo.reconstruction.pretrained.sd_image_variations import SDImageVariations
 
     dtype = torch.float32 if smoke else torch.float16
     torch.manual_seed(0)

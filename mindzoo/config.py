@@ -21,11 +21,8 @@ from mindzoo.errors import UserInputError
 
 
 def configs_dir() -> Path:
-    """Directory holding the shipped YAML presets (`configs/` in a checkout)."""
-    packaged = Path(__file__).parent / "_configs"
-    if packaged.is_dir():
-        return packaged
-    return Path(__file__).resolve().parent.parent / "configs"
+    """Directory holding the shipped YAML presets (``mindzoo/configs/``, package data)."""
+    return Path(__file__).resolve().parent / "configs"
 
 
 def load_yaml(path: Path) -> dict[str, Any]:
@@ -102,7 +99,7 @@ def resolve_preset(
 ) -> BaseModel:
     """The one settings resolver: preset YAML -> ``preset=VARIANT`` -> ``--set`` -> pydantic.
 
-    The preset is ``configs/FOLDER/NAME.yaml`` (none is fine: the defaults), or
+    The preset is ``mindzoo/configs/FOLDER/NAME.yaml`` (none is fine: the defaults), or
     ``NAME-VARIANT.yaml`` when the overrides hold ``preset=VARIANT`` (e.g. ``preset=paper``: a
     family's published configuration). Each section (``model:``, ``trainer:`` ...) is filled
     with its class's defaults, so every setting can be overridden by ``--set section.key=value``;

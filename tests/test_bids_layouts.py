@@ -38,7 +38,8 @@ from PIL import Image
 from mindzoo.errors import UserInputError
 from mindzoo.pipelines.fmri import FMRIPipelineConfig, input_files, prepare_bids_fmri
 
-# The settings configs/datasets/god.yaml gives the pipeline (plus stimuli_dir from the user).
+# The settings mindzoo/configs/datasets/god.yaml gives the pipeline (plus stimuli_dir from the
+# user).
 GOD_SETTINGS = {
     "input": "fmriprep",
     "space": "T1w",
@@ -468,7 +469,7 @@ def test_sessionless_two_tasks_no_run_entity_and_inheritance(tmp_path):
 
 def test_sidecar_levels_dataset_subject_session_run(tmp_path):
     write_bids_fmri(tmp_path, n_subjects=1, n_sessions=1, n_runs=1, n_train_per_run=3)
-    from mindzoo.pipelines.bids_fmri import find_bold_runs
+    from mindzoo.pipelines.fmri.bids import find_bold_runs
 
     levels = {
         "task-images_bold.json": {"A": "dataset", "B": "dataset", "C": "dataset", "D": "dataset"},

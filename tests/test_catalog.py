@@ -18,10 +18,10 @@ from PIL import Image
 from test_cli import cli
 
 from mindzoo.config import config_hash, validate
-from mindzoo.datasets.catalog import DatasetSpec, get_dataset, list_datasets, resolve_settings
-from mindzoo.datasets.prepare import prepare_dataset
+from mindzoo.datasets.catalog import DatasetSpec, get_dataset, list_datasets
 from mindzoo.datasets.store import TensorStore
 from mindzoo.errors import UserInputError
+from mindzoo.pipelines.prepare import prepare_dataset, resolve_settings
 
 OPENNEURO = {
     "god": "ds001246",

@@ -21,9 +21,9 @@ from datalad_factory import drop_content, has_content, head_commit, make_datalad
 from test_cli import cli
 
 from mindzoo.datasets import datalad_source
-from mindzoo.datasets.prepare import prepare_dataset
 from mindzoo.datasets.store import TensorStore
 from mindzoo.errors import UserInputError
+from mindzoo.pipelines.prepare import prepare_dataset
 
 BIDS = {"n_subjects": 2, "n_sessions": 2, "n_runs": 1, "n_train_per_run": 4, "seed": 5}
 ARGS = ["--subjects", "01", "--sessions", "02", "--set", "features=[pixels]"]

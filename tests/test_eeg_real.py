@@ -10,8 +10,8 @@ import mne
 import numpy as np
 import pytest
 
-from mindzoo.datasets.prepare import prepare_dataset
 from mindzoo.datasets.store import TensorStore, verify_store
+from mindzoo.pipelines.prepare import prepare_dataset
 
 REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "eeg"
 # (file, mne-bids format): the originals copied as they are, and BrainVision converted to EEGLAB

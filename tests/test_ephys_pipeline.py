@@ -9,7 +9,6 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mindzoo.datasets.prepare import prepare_dataset
 from mindzoo.datasets.store import TensorStore
 from mindzoo.errors import UserInputError
 from mindzoo.pipelines.ephys import (
@@ -27,6 +26,7 @@ from mindzoo.pipelines.ephys import (
     zscore_with_train,
 )
 from mindzoo.pipelines.ephys.config import IEEGPipelineConfig
+from mindzoo.pipelines.prepare import prepare_dataset
 
 
 def test_split_contact_names() -> None:
@@ -168,7 +168,7 @@ def test_resample_keeps_a_slow_sine() -> None:
 
 @pytest.fixture(scope="module")
 def tiny_bids(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from mindzoo.datasets.synthetic_ieeg import SyntheticIEEGConfig, simulate_bids
+    from mindzoo.datasets.synthetic.ieeg import SyntheticIEEGConfig, simulate_bids
 
     root = tmp_path_factory.mktemp("ephys") / "bids"
     config = SyntheticIEEGConfig(

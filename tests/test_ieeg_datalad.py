@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from datalad_factory import has_content, head_commit, make_datalad_dataset
 
-from mindzoo.datasets.prepare import prepare_dataset
 from mindzoo.datasets.store import TensorStore, verify_store
-from mindzoo.datasets.synthetic_ieeg import SyntheticIEEGConfig, simulate_bids
+from mindzoo.datasets.synthetic.ieeg import SyntheticIEEGConfig, simulate_bids
+from mindzoo.pipelines.prepare import prepare_dataset
 
 SIMULATOR = SyntheticIEEGConfig(
     n_subjects=2, n_words=3, repetitions=6, n_runs=2, shafts=(3, 3), contacts=(8, 8)

@@ -214,11 +214,11 @@ def test_cli_resume_after_an_interrupt_matches_an_uninterrupted_run(
     calls = {"n": 0}
     original = FMRIDataset.batch
 
-    def killed_midway(self: FMRIDataset, indices):
+    def killed_midway(self: FMRIDataset, indices, augment: bool = False):
         calls["n"] += 1
         if calls["n"] == 4:  # the last step of epoch 1, after the step-2 checkpoint
             raise KeyboardInterrupt
-        return original(self, indices)
+        return original(self, indices, augment)
 
     monkeypatch.setattr(FMRIDataset, "batch", killed_midway)
     cut = tmp_path / "cut"

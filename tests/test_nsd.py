@@ -13,10 +13,10 @@ from nsd_factory import EXPDESIGN, STIM_INFO, STIMULI, betas_path, roi_path, wri
 from PIL import Image
 from pydantic import ValidationError
 
-from mindzoo.datasets.prepare import prepare_dataset
 from mindzoo.datasets.store import TensorStore
 from mindzoo.errors import UserInputError
 from mindzoo.pipelines.nsd import NSDConfig, prepare_nsd_mirror
+from mindzoo.pipelines.prepare import prepare_dataset
 
 SESSIONS = (1, 2)  # the sessions with betas in the default mirror (the design has 3)
 

@@ -16,7 +16,7 @@ from test_cli import TINY, cli, error_lines, sets
 from mindzoo.datasets.store import TensorStore
 from mindzoo.reconstruction.base import resize_images
 
-# A 16x16 model that trains in seconds; the real preset is configs/models/diffusion.yaml.
+# A 16x16 model that trains in seconds; the real preset is mindzoo/configs/models/diffusion.yaml.
 DIFFUSION = [
     "model.image_size=16",
     "model.channels=[16,32]",

@@ -7,8 +7,8 @@ import pytest
 from safetensors.numpy import load_file, save_file
 
 from mindzoo.errors import UserInputError
-from mindzoo.models import RidgeConfig, RidgeDecoder, create_model
-from mindzoo.models.ridge import grouped_folds
+from mindzoo.models import create_model
+from mindzoo.models.ridge import RidgeConfig, RidgeDecoder, grouped_folds
 
 # Noiseless and pure-noise fixtures legitimately choose the grid's end; one test checks the warning.
 pytestmark = pytest.mark.filterwarnings("ignore:Ridge CV chose an alpha at the edge")

@@ -12,9 +12,10 @@ from nilearn.glm.first_level import make_first_level_design_matrix
 from PIL import Image
 from pydantic import ValidationError
 
-from mindzoo.datasets import synthetic_fmri
 from mindzoo.datasets.stimuli import CATEGORIES, PHOTO_SOURCES, SHAPE_KINDS, make_stimuli
-from mindzoo.datasets.synthetic_fmri import SyntheticFMRIConfig, simulate_bids
+from mindzoo.datasets.synthetic import fmri as synthetic_fmri
+from mindzoo.datasets.synthetic.fmri import simulate_bids
+from mindzoo.datasets.synthetic.fmri_config import SyntheticFMRIConfig
 from mindzoo.errors import UserInputError
 from mindzoo.evaluation.noise_ceiling import noise_ceiling
 

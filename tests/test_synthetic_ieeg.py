@@ -9,14 +9,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mindzoo.datasets.prepare import prepare_dataset
 from mindzoo.datasets.store import TensorStore, verify_store
-from mindzoo.datasets.synthetic_ieeg import (
+from mindzoo.datasets.synthetic.ieeg import (
     SPEECH_REGIONS,
     SyntheticIEEGConfig,
     simulate_bids,
     word_list,
 )
+from mindzoo.pipelines.prepare import prepare_dataset
 
 TINY = {
     "n_subjects": 2,

@@ -8,9 +8,9 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from mindzoo.datasets.prepare import prepare_dataset
 from mindzoo.datasets.store import TensorStore
 from mindzoo.errors import UserInputError
+from mindzoo.pipelines.prepare import prepare_dataset
 
 console = Console()
 

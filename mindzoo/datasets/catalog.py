@@ -1,9 +1,9 @@
-"""The dataset catalog: one YAML entry per dataset in `configs/datasets/`.
+"""The dataset catalog: one YAML entry per dataset in `mindzoo/configs/datasets/`.
 
 An entry says where the data comes from (`source` kind and default `location`), which pipeline
 prepares it, the default settings a user may change with `--set`, and what a user should know
 before preparing it (`info`: subjects, size, splits, stimuli, what `prepare` does).
-`resolve_settings` merges the pydantic defaults of the pipeline (and simulator) with the entry
+:func:`mindzoo.pipelines.prepare.resolve_settings` merges the pydantic defaults of the pipeline (and simulator) with the entry
 and the overrides, so every valid key exists up front and a mistyped key is caught.
 
 Source kinds:
@@ -19,16 +19,16 @@ Source kinds:
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from functools import cache
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, model_validator
 
-from mindzoo.config import apply_overrides, configs_dir, load_yaml, validate
+from mindzoo.config import configs_dir, load_yaml, validate
 from mindzoo.errors import UserInputError
-from mindzoo.features import FEATURE_SPACES
 
 SourceKind = Literal["synthetic", "local", "datalad", "nsd-mirror"]
 
@@ -52,7 +52,7 @@ class DatasetInfo(BaseModel):
 
 
 class DatasetSpec(BaseModel):
-    """A catalog entry (configs/datasets/NAME.yaml)."""
+    """A catalog entry (mindzoo/configs/datasets/NAME.yaml)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -66,34 +66,19 @@ class DatasetSpec(BaseModel):
     """Default data location: a DataLad URL for ``datalad``; ``--source`` overrides it."""
     info: DatasetInfo
     settings: dict[str, Any] = {}
+    pipeline: str | None = None
+    """The registered pipeline that prepares it (:mod:`mindzoo.pipelines.base`); default: the
+    modality's (``nsd-mirror`` for an NSD mirror)."""
 
     @model_validator(mode="after")
     def _location_fits_source(self) -> DatasetSpec:
+        if self.pipeline is None:
+            self.pipeline = "nsd-mirror" if self.source == "nsd-mirror" else self.modality
         if self.source == "datalad" and not self.location:
             raise ValueError("a datalad entry needs a location (the dataset's DataLad URL)")
         if self.source == "synthetic" and self.location:
             raise ValueError("a synthetic entry is generated; it takes no location")
         return self
-
-
-class FMRIDatasetSettings(BaseModel):
-    """What `prepare` of an fMRI dataset runs with; the config hash is taken over this."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    features: list[str]
-    pipeline: dict[str, Any]
-    simulator: dict[str, Any] | None = None
-
-    @field_validator("features")
-    @classmethod
-    def _known_spaces(cls, spaces: list[str]) -> list[str]:
-        unknown = [s for s in spaces if s not in FEATURE_SPACES]
-        if unknown:
-            raise ValueError(
-                f"unknown feature space {unknown[0]!r}; choose from {sorted(FEATURE_SPACES)}"
-            )
-        return spaces
 
 
 @cache
@@ -117,83 +102,17 @@ def get_dataset(name: str) -> DatasetSpec:
     return specs[name]
 
 
-def pipeline_config_class(spec: DatasetSpec) -> type[BaseModel]:
-    """The pydantic model of the `pipeline.*` settings of ``spec``'s pipeline."""
-    if spec.source == "nsd-mirror":
-        from mindzoo.pipelines.nsd import NSDConfig
-
-        return NSDConfig
-    if spec.modality == "ieeg":
-        from mindzoo.pipelines.ephys.config import IEEGPipelineConfig
-
-        return IEEGPipelineConfig
-    if spec.modality == "eeg":
-        from mindzoo.pipelines.ephys.config import EEGPipelineConfig
-
-        return EEGPipelineConfig
-    from mindzoo.pipelines.fmri import FMRIPipelineConfig
-
-    return FMRIPipelineConfig
+# modality of a synthetic entry -> (module, settings class, simulate_bids(out_dir, config, progress))
+SIMULATORS: dict[str, tuple[str, str]] = {
+    "fmri": ("mindzoo.datasets.synthetic.fmri", "SyntheticFMRIConfig"),
+    "ieeg": ("mindzoo.datasets.synthetic.ieeg", "SyntheticIEEGConfig"),
+    "eeg": ("mindzoo.datasets.synthetic.eeg", "SyntheticEEGConfig"),
+}
 
 
 def simulator(spec: DatasetSpec) -> tuple[type[BaseModel], Callable[..., Path]]:
     """The simulator of a synthetic entry: its ``simulator.*`` settings class and its
     ``simulate_bids(out_dir, config, progress)``."""
-    if spec.modality == "ieeg":
-        from mindzoo.datasets import synthetic_ieeg
-
-        return synthetic_ieeg.SyntheticIEEGConfig, synthetic_ieeg.simulate_bids
-    if spec.modality == "eeg":
-        from mindzoo.datasets import synthetic_eeg
-
-        return synthetic_eeg.SyntheticEEGConfig, synthetic_eeg.simulate_bids
-    from mindzoo.datasets import synthetic_fmri
-
-    return synthetic_fmri.SyntheticFMRIConfig, synthetic_fmri.simulate_bids
-
-
-def default_settings(spec: DatasetSpec) -> dict[str, Any]:
-    """The entry's settings with every pipeline/simulator default filled in."""
-    settings = dict(spec.settings)
-    pipeline = validate(
-        pipeline_config_class(spec), settings.get("pipeline", {}), f"catalog entry {spec.name}"
-    ).model_dump(mode="json")
-    resolved: dict[str, Any] = {
-        "features": list(settings.get("features", [])),
-        "pipeline": pipeline,
-    }
-    if spec.source == "synthetic":
-        config_class, _ = simulator(spec)
-        resolved["simulator"] = config_class(**settings.get("simulator", {})).model_dump(
-            mode="json"
-        )
-    return resolved
-
-
-def resolve_settings(
-    spec: DatasetSpec,
-    overrides: list[str],
-    seed: int | None = None,
-    subjects: list[str] | None = None,
-    sessions: list[str] | None = None,
-) -> dict[str, Any]:
-    """Defaults + entry + `--set` overrides (+ `--seed` for simulators), validated.
-
-    ``subjects``/``sessions`` (labels without ``sub-``/``ses-``) become the pipeline's
-    ``subjects``/``sessions`` settings, so they enter the config hash like any other setting.
-    """
-    settings = apply_overrides(default_settings(spec), overrides)
-    if seed is not None and settings.get("simulator") is not None:
-        settings["simulator"]["seed"] = seed
-    for key, labels in (("subjects", subjects), ("sessions", sessions)):
-        if labels is not None:
-            settings["pipeline"][key] = list(labels)
-    validate(FMRIDatasetSettings, settings, f"dataset {spec.name}")
-    settings["pipeline"] = validate(
-        pipeline_config_class(spec), settings["pipeline"], f"dataset {spec.name} (pipeline.*)"
-    ).model_dump(mode="json")
-    if settings.get("simulator") is not None:
-        settings["simulator"] = validate(
-            simulator(spec)[0], settings["simulator"], f"dataset {spec.name} (simulator.*)"
-        ).model_dump(mode="json")
-    return settings
+    module_name, config_name = SIMULATORS[spec.modality]
+    module = importlib.import_module(module_name)
+    return getattr(module, config_name), module.simulate_bids

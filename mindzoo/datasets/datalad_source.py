@@ -44,6 +44,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from mindzoo.errors import UserInputError
+from mindzoo.extras import require
 
 CACHE_DIR = "raw"
 # How long the reachability check waits for a server's answer, in seconds.
@@ -230,19 +231,15 @@ def _has_git_identity() -> bool:
 
 def _datalad() -> Any:
     """The datalad API, imported on first use (and with its INFO chatter silenced)."""
+    api = require("datalad.api", "datalad")
     if shutil.which("git-annex") is None:
         raise UserInputError(
             "git-annex is not installed (DataLad sources need it); `pip install git-annex` "
-            "and put the Python environment's bin directory on PATH"
+            "(part of 'mindzoo[datalad]' on Linux x86_64) and put the Python environment's bin "
+            "directory on PATH"
         )
-    try:
-        import datalad.api
-    except ImportError as err:
-        raise UserInputError(
-            f"DataLad is not installed ({err}); `pip install datalad git-annex`"
-        ) from err
     logging.getLogger("datalad").setLevel(logging.WARNING)
-    return datalad.api
+    return api
 
 
 def _clone(location: str, target: Path, hardlink: bool) -> None:
@@ -253,7 +250,7 @@ def _clone(location: str, target: Path, hardlink: bool) -> None:
     git-annex's objects are read-only and the pipeline never writes, so they stay intact.
     """
     api = _datalad()
-    from datalad.support.exceptions import IncompleteResultsError
+    IncompleteResultsError = require("datalad.support.exceptions", "datalad").IncompleteResultsError
 
     target.parent.mkdir(parents=True, exist_ok=True)
     for stale in target.parent.glob(f".tmp-{target.name}-*"):
@@ -282,7 +279,7 @@ def _follow_local(location: str, clone: Path) -> None:
     if _head_commit(Path(location)) == _head_commit(clone):
         return
     api = _datalad()
-    from datalad.support.exceptions import IncompleteResultsError
+    IncompleteResultsError = require("datalad.support.exceptions", "datalad").IncompleteResultsError
 
     try:
         api.update(dataset=str(clone), how="merge", result_renderer="disabled")

@@ -27,6 +27,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from mindzoo.errors import UserInputError
+from mindzoo.extras import require
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -87,10 +88,9 @@ class ClipVision:
 
 def load_clip_vision(weights_dir: Path, device: str = "cpu") -> ClipVision:
     """The CLIP vision model (with projection) saved in ``weights_dir`` (see the module doc)."""
-    from transformers import CLIPVisionModelWithProjection
-
+    transformers = require("transformers", "clip")
     model_dir = _model_dir(Path(weights_dir))
-    model = CLIPVisionModelWithProjection.from_pretrained(
+    model = transformers.CLIPVisionModelWithProjection.from_pretrained(
         model_dir, local_files_only=True, use_safetensors=True
     )
     return ClipVision(model, device)

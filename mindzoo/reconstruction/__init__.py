@@ -21,19 +21,19 @@ register_backend(
 register_backend(
     "sd-image-variations",
     "Stable Diffusion image variations (CLIP image embeddings) from a local pipeline directory",
-    "mindzoo.reconstruction.pretrained",
+    "mindzoo.reconstruction.pretrained.sd_image_variations",
     "load_sd_image_variations",
 )
 register_backend(
     "sd-unclip",
     "Stable unCLIP img2img (CLIP image embeddings + low-level init) from a local directory",
-    "mindzoo.reconstruction.pretrained",
+    "mindzoo.reconstruction.pretrained.sd_unclip",
     "load_sd_unclip",
 )
 register_backend(
     "versatile-diffusion",
     "Versatile Diffusion dual-guided, if the installed diffusers still provides it",
-    "mindzoo.reconstruction.pretrained",
+    "mindzoo.reconstruction.pretrained.versatile_diffusion",
     "load_versatile_diffusion",
 )
 

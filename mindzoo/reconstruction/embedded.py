@@ -41,8 +41,8 @@ METRICS_FILE = "metrics.json"
 
 
 class DiffusionSettings(BaseModel):
-    """The sections of configs/models/diffusion.yaml: ``model:`` (:class:`EmbeddedConfig`) and
-    ``trainer:`` (:class:`EmbeddedTrainConfig`)."""
+    """The sections of mindzoo/configs/models/diffusion.yaml: ``model:``
+    (:class:`EmbeddedConfig`) and ``trainer:`` (:class:`EmbeddedTrainConfig`)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -51,7 +51,7 @@ class DiffusionSettings(BaseModel):
 
 
 def resolve_settings(overrides: list[str]) -> tuple[EmbeddedConfig, EmbeddedTrainConfig]:
-    """configs/models/diffusion.yaml + config defaults + ``--set`` overrides, validated."""
+    """mindzoo/configs/models/diffusion.yaml + config defaults + ``--set`` overrides, validated."""
     sections = {"model": EmbeddedConfig, "trainer": EmbeddedTrainConfig}
     settings = resolve_preset("models", NAME, overrides, sections, DiffusionSettings)
     model = EmbeddedConfig(**settings.model)

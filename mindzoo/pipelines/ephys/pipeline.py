@@ -42,20 +42,27 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
 from mindzoo.errors import UserInputError
+from mindzoo.pipelines.base import Pipeline, Written
 from mindzoo.pipelines.ephys.bids import (
     coord_frame,
     event_values_seen,
     find_recordings,
+    input_files,
     read_events,
 )
 from mindzoo.pipelines.ephys.channels import Channels, rereference, select_channels
-from mindzoo.pipelines.ephys.config import EphysPipelineConfig
+from mindzoo.pipelines.ephys.config import (
+    EEGPipelineConfig,
+    EphysPipelineConfig,
+    IEEGPipelineConfig,
+)
 from mindzoo.pipelines.ephys.recording import contact_shafts, read_recording
 from mindzoo.pipelines.ephys.signal import (
     check_rates,
@@ -65,7 +72,7 @@ from mindzoo.pipelines.ephys.signal import (
     resample,
     zscore_with_train,
 )
-from mindzoo.pipelines.ephys.store import EphysSubject, PreparedEphys
+from mindzoo.pipelines.ephys.store import EphysSubject, PreparedEphys, write_ephys_store
 
 
 @dataclass
@@ -256,3 +263,31 @@ def _finish_subject(
         coord_frame=frame,
         bads_dropped=dropped,
     )
+
+
+class EphysPipeline(Pipeline):
+    """The iEEG/EEG pipeline (:mod:`mindzoo.pipelines.ephys.pipeline`) as a registered pipeline."""
+
+    def __init__(self, name: str, version: str, config_cls: type[EphysPipelineConfig]) -> None:
+        self.name, self.version, self.config_cls = name, version, config_cls
+
+    def input_files(
+        self, root: Path, config: EphysPipelineConfig, settings: dict[str, Any]
+    ) -> list[Path]:
+        return input_files(root, config)
+
+    def write(
+        self,
+        root: Path,
+        config: EphysPipelineConfig,
+        settings: dict[str, Any],
+        writer: Any,
+        progress: bool,
+    ) -> Written:
+        prepared = prepare_bids_ephys(root, config, progress=progress)
+        write_ephys_store(writer, prepared)
+        return Written(sorted(prepared.subjects), len(prepared.source_files))
+
+
+IEEG = EphysPipeline("ieeg", "ieeg-1", IEEGPipelineConfig)
+EEG = EphysPipeline("eeg", "eeg-1", EEGPipelineConfig)

@@ -32,7 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from tqdm.auto import tqdm
 
 from mindzoo.atomic import atomic_directory
-from mindzoo.datasets.synthetic_ieeg import _spectral_noise
+from mindzoo.datasets.synthetic.spectral import spectral_noise
 from mindzoo.errors import UserInputError
 
 TASK = "things"
@@ -146,7 +146,7 @@ def simulate_subject(
     units = _unit_positions()
     mixing = np.exp(-0.5 * (np.arccos(np.clip(units @ units.T, -1, 1)) / 0.4) ** 2)
     mixing /= np.linalg.norm(mixing, axis=1, keepdims=True)
-    signal = mixing @ _spectral_noise(rng, n_ch, n_samples, amplitude) * config.background_uv
+    signal = mixing @ spectral_noise(rng, n_ch, n_samples, amplitude) * config.background_uv
     t = np.arange(n_samples) / config.sfreq
     phase = np.cumsum(rng.normal(0, 0.05, n_samples))
     occipital = _topography(units, units[CHANNELS.index("Oz")])

@@ -1,4 +1,4 @@
-"""Find and check the BIDS files the fMRI pipeline reads: bold runs, sidecars, events, masks.
+"""Find and check the BIDS files of the fMRI pipeline's bold runs: entities, runs, sidecars.
 
 Only what the pipeline needs of BIDS is implemented here, without pybids (indexing a large
 dataset with pybids costs more than preparing a small one):
@@ -17,6 +17,10 @@ dataset with pybids costs more than preparing a small one):
   sidecar overrides them all;
 - an events file may be inherited the same way; the most specific one wins.
 
+Reading an events table is in :mod:`mindzoo.pipelines.fmri.events`, the mask files in
+:mod:`mindzoo.pipelines.fmri.masks`, choosing tasks, subjects and sessions in
+:mod:`mindzoo.pipelines.fmri.runs`.
+
 Every problem with the input raises :class:`~mindzoo.errors.UserInputError` with one line that
 names the file and the fix.
 """
@@ -24,15 +28,11 @@ names the file and the fix.
 from __future__ import annotations
 
 import json
-import math
 import os
 from dataclasses import dataclass, field
-from fnmatch import fnmatchcase
 from pathlib import Path
 
 import nibabel as nib
-import numpy as np
-import pandas as pd
 
 from mindzoo.errors import UserInputError
 
@@ -47,8 +47,6 @@ _LEGACY_BOLD = "_bold_space-"
 # Tolerance between the sidecar RepetitionTime and the header pixdim[4], in seconds: headers
 # store float32, so 1.6 s reads back as 1.60000002.
 _TR_TOLERANCE_S = 1e-3
-# Tolerance between mask and bold affines, in mm: sform/qform round-trips differ by ~1e-6.
-_AFFINE_TOLERANCE_MM = 1e-3
 # How many names an error message lists before "...".
 _SHOWN_NAMES = 3
 
@@ -95,7 +93,7 @@ def list_names(names: list[str]) -> str:
     return shown if len(names) <= _SHOWN_NAMES else f"{shown}, ... ({len(names)} in all)"
 
 
-def _strip_bold_extension(name: str) -> str | None:
+def strip_bold_extension(name: str) -> str | None:
     for ext in BOLD_EXTENSIONS:
         if name.endswith(ext):
             return name[: -len(ext)]
@@ -155,7 +153,7 @@ def acquisition_entities(entities: dict[str, str]) -> dict[str, str]:
     return {key: value for key, value in entities.items() if key not in _DERIVATIVE_ENTITIES}
 
 
-def _entity_prefix(entities: dict[str, str]) -> str:
+def entity_prefix(entities: dict[str, str]) -> str:
     return "_".join(f"{key}-{value}" for key, value in acquisition_entities(entities).items())
 
 
@@ -166,14 +164,14 @@ def find_bold_runs(root: Path) -> list[BoldRun]:
     listings: dict[Path, list[Path]] = {}
     runs = []
     for path in _func_files(root):
-        stem = _strip_bold_extension(path.name)
+        stem = strip_bold_extension(path.name)
         entities, suffix = parse_entities(path.name)
         if stem is None or suffix != "bold" or "sub" not in entities:
             continue
         folder = path.parent
         sidecars = inherited_files(root, folder, entities, "bold", ".json", listings)
         metadata, sources = _merge_sidecars(sidecars)
-        prefix = _entity_prefix(entities)
+        prefix = entity_prefix(entities)
         runs.append(
             BoldRun(
                 bold_path=path,
@@ -232,7 +230,7 @@ def find_fmriprep_runs(derivatives: Path, raw_root: Path, space: str) -> list[Bo
         )
         if entities["space"] != space_label or resolution and entities.get("res") != resolution:
             continue
-        by_run.setdefault(_entity_prefix(entities), []).append((path, entities, legacy))
+        by_run.setdefault(entity_prefix(entities), []).append((path, entities, legacy))
     if not by_run:
         raise UserInputError(
             f"No fMRIPrep bold (*_space-{space_label}_desc-preproc_bold.nii[.gz]) under "
@@ -255,7 +253,7 @@ def find_fmriprep_runs(derivatives: Path, raw_root: Path, space: str) -> list[Bo
 
 def _fmriprep_bold_entities(name: str) -> tuple[dict[str, str], bool] | None:
     """Entities of an fMRIPrep preprocessed-bold file name and whether it is the old naming."""
-    if _strip_bold_extension(name) is None:
+    if strip_bold_extension(name) is None:
         return None
     entities, suffix = parse_entities(name)
     if "sub" not in entities or "space" not in entities:
@@ -280,7 +278,7 @@ def _fmriprep_run(
     raw_folder = raw_root / path.parent.relative_to(derivatives)
     run_entities = acquisition_entities(entities)
     sidecars = inherited_files(raw_root, raw_folder, run_entities, "bold", ".json", listings)
-    own_sidecar = path.with_name(_strip_bold_extension(path.name) + ".json")
+    own_sidecar = path.with_name(strip_bold_extension(path.name) + ".json")
     if own_sidecar.is_file():
         sidecars.append(own_sidecar)
     metadata, sources = _merge_sidecars(sidecars)
@@ -357,106 +355,6 @@ def _merge_sidecars(paths: list[Path]) -> tuple[dict, dict[str, Path]]:
     return merged, sources
 
 
-def select_tasks(runs: list[BoldRun], tasks: list[str] | None) -> list[str]:
-    """The tasks to prepare: ``tasks`` if all present, else the only task in the dataset."""
-    available = sorted({run.task for run in runs if run.task is not None})
-    if tasks is None:
-        if len(available) == 1:
-            return available
-        if not available:
-            raise UserInputError(
-                f"No task entity in the bold file names (e.g. {runs[0].name}); "
-                "name runs like sub-01_task-NAME_bold.nii.gz"
-            )
-        raise UserInputError(
-            f"The dataset has several tasks ({', '.join(available)}); choose one with task=NAME "
-            "(or several with task=[A,B])"
-        )
-    unknown = [task for task in tasks if task not in available]
-    if unknown:
-        raise UserInputError(
-            f"Unknown task {unknown[0]!r}; the dataset has: "
-            f"{', '.join(available) or 'no task entity'}"
-        )
-    return list(dict.fromkeys(tasks))
-
-
-def select_subjects(runs: list[BoldRun], subjects: list[str] | None) -> list[str]:
-    """Subject labels (without ``sub-``) to prepare: ``subjects`` or every one with runs."""
-    available = sorted({run.subject for run in runs})
-    if subjects is None:
-        return available
-    unknown = [label for label in subjects if label not in available]
-    if unknown:
-        raise UserInputError(
-            f"Unknown subject(s) {', '.join('sub-' + s for s in unknown)}; "
-            f"available: {', '.join('sub-' + s for s in available)}"
-        )
-    return list(dict.fromkeys(subjects))
-
-
-def select_sessions(runs: list[BoldRun], sessions: list[str] | None) -> list[BoldRun]:
-    """The runs whose session label matches one of ``sessions`` (labels or glob patterns).
-
-    ``None`` keeps every run. A pattern that matches no session, or a dataset without
-    sessions, is an error that lists the sessions there are.
-    """
-    if sessions is None:
-        return runs
-    available = sorted({run.session for run in runs if run.session is not None})
-    if not available:
-        raise UserInputError(
-            f"sessions={sessions} but the runs have no ses- entity (e.g. {runs[0].name}); "
-            "drop the sessions limit"
-        )
-    unmatched = [p for p in sessions if not any(fnmatchcase(s, p) for s in available)]
-    if unmatched:
-        raise UserInputError(
-            f"No session matches {unmatched[0]!r}; the chosen runs have sessions: "
-            f"{list_names(['ses-' + s for s in available])}"
-        )
-    return [
-        run
-        for run in runs
-        if run.session is not None and any(fnmatchcase(run.session, p) for p in sessions)
-    ]
-
-
-def read_events(
-    run: BoldRun, required: list[str], fix: str = "add them to the events file"
-) -> pd.DataFrame:
-    """The run's events table with numeric ``onset``/``duration`` (s) and ``n/a`` as missing.
-
-    Every other column is read as text, so stimulus ids such as ``"0001"`` keep their zeros.
-    ``fix`` ends the message when a ``required`` column is missing.
-    """
-    if run.events_path is None:
-        expected = _entity_prefix(run.entities) + "_events.tsv"
-        raise UserInputError(
-            f"No events file for {run.name} (expected {expected} in the raw dataset's func "
-            "folder or inherited from above it); add the events"
-        )
-    path = run.events_path
-    events = pd.read_csv(path, sep="\t", dtype=str, na_values=["n/a", ""], keep_default_na=False)
-    missing = [column for column in required if column not in events.columns]
-    if missing:
-        raise UserInputError(
-            f"{path.name} lacks column(s) {', '.join(missing)} (has: "
-            f"{', '.join(events.columns)}); {fix}"
-        )
-    for column in ("onset", "duration"):
-        values = pd.to_numeric(events[column], errors="coerce")
-        bad = values.isna() | ~values.map(math.isfinite)
-        if bad.any():
-            row = int(bad.to_numpy().nonzero()[0][0])
-            raise UserInputError(
-                f"{path.name} row {row + 1}: {column} {events[column].iloc[row]!r} is not a "
-                "number of seconds; fix the events file"
-            )
-        events[column] = values.astype(float)
-    return events
-
-
 def require_content(path: Path) -> None:
     """Refuse a file whose content is absent: a dangling link (an annexed file not fetched)."""
     if os.path.lexists(path) and not path.exists():
@@ -507,113 +405,3 @@ def _header_tr_seconds(img: nib.Nifti1Image) -> float | None:
         return None
     time_unit = img.header.get_xyzt_units()[1]
     return {"msec": tr / 1000.0, "usec": tr / 1e6}.get(time_unit, tr)
-
-
-def grid_difference(reference: nib.Nifti1Image, other: nib.Nifti1Image) -> str | None:
-    """How ``other``'s voxel grid differs from ``reference``'s, in words; ``None`` if the same.
-
-    Grids are the same when the shapes (first 3 axes) match and the affines agree within
-    ``_AFFINE_TOLERANCE_MM``.
-    """
-    reference_shape, other_shape = tuple(reference.shape[:3]), tuple(other.shape[:3])
-    offset = float(abs(reference.affine - other.affine).max())
-    if reference_shape == other_shape and offset <= _AFFINE_TOLERANCE_MM:
-        return None
-    parts = []
-    if reference_shape != other_shape:
-        parts.append(f"shape {other_shape} vs {reference_shape}")
-    zooms = _voxel_sizes(other.affine), _voxel_sizes(reference.affine)
-    if not np.allclose(*zooms, atol=_AFFINE_TOLERANCE_MM):
-        parts.append(f"voxel size {_mm(zooms[0])} vs {_mm(zooms[1])} mm")
-    shift = float(np.linalg.norm(other.affine[:3, 3] - reference.affine[:3, 3]))
-    if shift > _AFFINE_TOLERANCE_MM:
-        parts.append(f"origin {shift:.3g} mm apart")
-    if not parts:
-        parts.append(f"affines differ by up to {offset:.3g}")
-    return ", ".join(parts)
-
-
-def _voxel_sizes(affine: np.ndarray) -> np.ndarray:
-    return np.sqrt((affine[:3, :3] ** 2).sum(axis=0))
-
-
-def _mm(sizes: np.ndarray) -> str:
-    return "x".join(f"{size:.3g}" for size in sizes)
-
-
-def check_same_grid(
-    reference: nib.Nifti1Image,
-    reference_name: str,
-    other: nib.Nifti1Image,
-    other_name: str,
-    fix: str = "resample the mask to the bold grid",
-) -> None:
-    """Refuse a mask or run whose voxel grid (shape, affine) differs from the reference grid."""
-    difference = grid_difference(reference, other)
-    if difference is not None:
-        raise UserInputError(
-            f"{other_name} is on a different voxel grid than {reference_name} ({difference}); {fix}"
-        )
-
-
-@dataclass(frozen=True)
-class MaskFiles:
-    """The derivative files that define a subject's voxels (any may be absent)."""
-
-    brain_mask: Path | None
-    dseg: Path | None
-    dseg_labels: Path | None
-
-
-def find_subject_masks(mask_root: Path, subject: str) -> MaskFiles:
-    """The brain mask and ROI segmentation for ``sub-<subject>`` under ``mask_root``.
-
-    Looks for ``*_desc-brain_mask.nii[.gz]`` and ``*_dseg.nii[.gz]`` (with a ``*_dseg.tsv``
-    of ``index``/``name`` beside it) anywhere below ``mask_root/sub-<subject>``.
-    """
-    subject_dir = mask_root / f"sub-{subject}"
-    if not subject_dir.is_dir():
-        raise UserInputError(
-            f"No mask folder {subject_dir}; add the brain mask/dseg there, set roi_mask to the "
-            "folder that holds them, or roi_mask=null (fMRIPrep's brain masks, else an EPI mask)"
-        )
-    brain = _one_nifti(subject_dir, "*_desc-brain_mask.nii*")
-    dseg = _one_nifti(subject_dir, "*_dseg.nii*")
-    if brain is None and dseg is None:
-        raise UserInputError(
-            f"No *_desc-brain_mask.nii[.gz] or *_dseg.nii[.gz] under {subject_dir}; add one or "
-            "set roi_mask=null to compute an EPI mask"
-        )
-    labels = None
-    if dseg is not None:
-        tsv = dseg.parent / (dseg.name.split(".nii")[0] + ".tsv")
-        labels = tsv if tsv.is_file() else None
-    return MaskFiles(brain_mask=brain, dseg=dseg, dseg_labels=labels)
-
-
-def _one_nifti(folder: Path, pattern: str) -> Path | None:
-    matches = sorted(p for p in folder.rglob(pattern) if _strip_bold_extension(p.name) is not None)
-    if len(matches) > 1:
-        raise UserInputError(
-            f"Several files match {pattern} under {folder} ({', '.join(p.name for p in matches)}); "
-            "keep one per subject"
-        )
-    return matches[0] if matches else None
-
-
-def read_dseg_labels(path: Path | None) -> dict[int, str]:
-    """``index -> name`` from a dseg TSV; empty when there is none."""
-    if path is None:
-        return {}
-    table = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False)
-    if not {"index", "name"} <= set(table.columns):
-        raise UserInputError(
-            f"{path.name} needs columns index and name (has: {', '.join(table.columns)}); "
-            "fix the segmentation table"
-        )
-    try:
-        return {int(index): name for index, name in zip(table["index"], table["name"], strict=True)}
-    except ValueError as err:
-        raise UserInputError(
-            f"{path.name}: column index must hold integers ({err}); fix the segmentation table"
-        ) from err

@@ -1,5 +1,10 @@
 """`prepare`: dataset spec + source -> pipeline -> a new (or cached) tensor store version.
 
+The same for every pipeline (:mod:`mindzoo.pipelines.base` names what a pipeline provides):
+resolve the settings, find the source, key the version by a hash of settings, source identity
+and pipeline version, and on a cache miss let the pipeline write into a new version that
+:class:`~mindzoo.datasets.store.StoreWriter` publishes atomically.
+
 Sources: the synthetic simulator, a local directory, a DataLad dataset (cloned into
 ``STORE/raw`` and fetched selectively, see :mod:`mindzoo.datasets.datalad_source`) or a local
 NSD mirror. The config hash covers the settings and the source's identity (a local tree's
@@ -14,26 +19,18 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-import numpy as np
+from pydantic import BaseModel, ConfigDict, field_validator
 
 from mindzoo import __version__
-from mindzoo.config import config_hash
+from mindzoo.config import apply_overrides, config_hash, validate
 from mindzoo.datasets import catalog, datalad_source
-from mindzoo.datasets.catalog import DatasetSpec, get_dataset, resolve_settings
+from mindzoo.datasets.catalog import DatasetSpec, get_dataset
 from mindzoo.datasets.store import SCHEMA_VERSION, StoreWriter, find_version, set_current
 from mindzoo.errors import UserInputError
-
-if TYPE_CHECKING:
-    from mindzoo.pipelines.fmri import PreparedFMRI
-
-# Bumped whenever what a version holds changes (-2: pixels/lowres features), so an old store
-# is rebuilt beside the new one instead of being a cache hit that lacks them.
-PIPELINE_VERSION = "fmri-2"
-NSD_PIPELINE_VERSION = "nsd-2"
-EPHYS_PIPELINE_VERSIONS = {"ieeg": "ieeg-1", "eeg": "eeg-1"}
-EPHYS_MODALITIES = tuple(EPHYS_PIPELINE_VERSIONS)
+from mindzoo.features import FEATURE_SPACES
+from mindzoo.pipelines.base import PIPELINES, get_pipeline
 
 
 @dataclass
@@ -143,19 +140,9 @@ def _datalad(
         fetched = datalad_source.fetch(clone, metadata, progress)
         # The pipeline itself says what it will read (and refuses unknown subjects, sessions
         # or tasks, listing the ones there are) from the metadata alone.
-        if spec.modality in EPHYS_MODALITIES:
-            from mindzoo.pipelines.ephys import input_files as ephys_input_files
-
-            config = catalog.pipeline_config_class(spec)(**settings["pipeline"])
-            needed = ephys_input_files(clone.path, config)
-        else:
-            from mindzoo.pipelines.fmri import FMRIPipelineConfig, input_files
-
-            needed = input_files(
-                clone.path,
-                FMRIPipelineConfig(**settings["pipeline"]),
-                with_images=bool(settings["features"]),
-            )
+        pipeline = get_pipeline(spec.pipeline)
+        config = pipeline.config_cls(**settings["pipeline"])
+        needed = pipeline.input_files(clone.path, config, settings)
         selected = datalad_source.relative_files(clone.path, needed)
         fetched += datalad_source.fetch(clone, selected, progress)
         provenance["n_files_fetched"] = fetched
@@ -187,7 +174,7 @@ def prepare_dataset(
     """
     start = time.perf_counter()
     spec = get_dataset(name)
-    if spec.modality not in ("fmri", *EPHYS_MODALITIES):
+    if spec.pipeline not in PIPELINES:
         raise UserInputError(
             f"Dataset {name} ({spec.modality}) has no pipeline in this version yet"
         )
@@ -201,7 +188,7 @@ def prepare_dataset(
             {
                 "schema": SCHEMA_VERSION,
                 "dataset": name,
-                "pipeline": _pipeline_version(spec),
+                "pipeline": get_pipeline(spec.pipeline).version,
                 "settings": settings,
                 "source": raw.identity,
                 "folders": {folder: fingerprint_tree(Path(folder)) for folder in outside},
@@ -243,12 +230,6 @@ def _outside_folders(pipeline: dict[str, Any]) -> list[str]:
     return sorted(folders)
 
 
-def _pipeline_version(spec: DatasetSpec) -> str:
-    if spec.modality in EPHYS_MODALITIES:
-        return EPHYS_PIPELINE_VERSIONS[spec.modality]
-    return NSD_PIPELINE_VERSION if spec.source == "nsd-mirror" else PIPELINE_VERSION
-
-
 def _remove_all_but_clones(out: Path) -> None:
     """Remove a store directory a failed prepare created, keeping DataLad clones in its cache."""
     cache = out / datalad_source.CACHE_DIR
@@ -266,23 +247,6 @@ def _remove_all_but_clones(out: Path) -> None:
             path.unlink()
 
 
-def _run_pipeline(
-    spec: DatasetSpec, root: Path, settings: dict[str, Any], progress: bool
-) -> PreparedFMRI:
-    if spec.source == "nsd-mirror":
-        from mindzoo.pipelines.nsd import NSDConfig, prepare_nsd_mirror
-
-        return prepare_nsd_mirror(root, NSDConfig(**settings["pipeline"]), progress=progress)
-    from mindzoo.pipelines.fmri import FMRIPipelineConfig, prepare_bids_fmri
-
-    return prepare_bids_fmri(
-        root,
-        FMRIPipelineConfig(**settings["pipeline"]),
-        progress=progress,
-        with_images=bool(settings["features"]),
-    )
-
-
 def _build_version(
     spec: DatasetSpec,
     root: Path,
@@ -292,95 +256,92 @@ def _build_version(
     out: Path,
     progress: bool,
 ) -> Path:
-    if spec.modality in EPHYS_MODALITIES:
-        return _build_ephys_version(spec, root, settings, provenance, key, out, progress)
-    from mindzoo.features import compute_features
-
-    prepared = _run_pipeline(spec, root, settings, progress)
+    """Run ``spec``'s pipeline on ``root`` into a new store version (published atomically)."""
+    pipeline = get_pipeline(spec.pipeline)
+    config = pipeline.config_cls(**settings["pipeline"])
     with StoreWriter(out, key) as writer:
-        writer.write_stimuli(
-            prepared.images,
-            prepared.stimulus_ids,
-            prepared.stimulus_labels,
-            prepared.stimulus_splits,
-        )
-        if settings["features"] and prepared.images is None:
-            raise UserInputError(
-                f"{root}: the events name stimuli but no image files were found under stimuli/; "
-                "add the images or prepare with --set features=[]"
-            )
-        for space in settings["features"]:
-            writer.write_features(
-                space, compute_features(space, prepared.images, progress=progress)
-            )
-        for subject, data in prepared.subjects.items():
-            roi_names = sorted(set(data.roi_labels.tolist()))
-            roi_codes = np.searchsorted(roi_names, data.roi_labels).astype(np.int16)
-            writer.write_subject(
-                subject,
-                data.betas.astype(np.float32, copy=False),
-                data.trials,
-                "voxels",
-                {
-                    "ijk": data.voxel_ijk.astype(np.int32),
-                    "xyz": data.voxel_xyz.astype(np.float32),
-                    "roi": roi_codes,
-                },
-                {
-                    "roi_names": roi_names,
-                    "affine": np.asarray(data.affine).tolist(),
-                    "volume_shape": list(data.volume_shape),
-                    "space": data.space,
-                },
-            )
+        written = pipeline.write(root, config, settings, writer, progress)
         return writer.commit(
             {
                 "dataset": spec.name,
                 "modality": spec.modality,
-                "source": {
-                    **provenance,
-                    "root": str(root),
-                    "n_files_read": len(prepared.source_files),
-                },
-                "pipeline": {
-                    "name": "nsd-mirror" if spec.source == "nsd-mirror" else "fmri",
-                    "version": _pipeline_version(spec),
-                },
+                "source": {**provenance, "root": str(root), "n_files_read": written.n_files_read},
+                "pipeline": {"name": pipeline.name, "version": pipeline.version},
                 "config": settings,
-                "subjects": sorted(prepared.subjects),
+                "subjects": written.subjects,
                 "mindzoo_version": __version__,
             }
         )
 
 
-def _build_ephys_version(
+# ------------------------------------------------------------------------------------ settings
+class PrepareSettings(BaseModel):
+    """What `prepare` runs with (features, pipeline, simulator); the config hash covers it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    features: list[str]
+    pipeline: dict[str, Any]
+    simulator: dict[str, Any] | None = None
+
+    @field_validator("features")
+    @classmethod
+    def _known_spaces(cls, spaces: list[str]) -> list[str]:
+        unknown = [s for s in spaces if s not in FEATURE_SPACES]
+        if unknown:
+            raise ValueError(
+                f"unknown feature space {unknown[0]!r}; choose from {sorted(FEATURE_SPACES)}"
+            )
+        return spaces
+
+
+def pipeline_config_class(spec: DatasetSpec) -> type[BaseModel]:
+    """The pydantic model of the `pipeline.*` settings of ``spec``'s pipeline."""
+    return get_pipeline(spec.pipeline).config_cls
+
+
+def default_settings(spec: DatasetSpec) -> dict[str, Any]:
+    """The entry's settings with every pipeline/simulator default filled in."""
+    settings = dict(spec.settings)
+    pipeline = validate(
+        pipeline_config_class(spec), settings.get("pipeline", {}), f"catalog entry {spec.name}"
+    ).model_dump(mode="json")
+    resolved: dict[str, Any] = {
+        "features": list(settings.get("features", [])),
+        "pipeline": pipeline,
+    }
+    if spec.source == "synthetic":
+        config_class, _ = catalog.simulator(spec)
+        resolved["simulator"] = config_class(**settings.get("simulator", {})).model_dump(
+            mode="json"
+        )
+    return resolved
+
+
+def resolve_settings(
     spec: DatasetSpec,
-    root: Path,
-    settings: dict[str, Any],
-    provenance: dict[str, Any],
-    key: str,
-    out: Path,
-    progress: bool,
-) -> Path:
-    """Run the iEEG/EEG pipeline and write the ephys store schema (`[trial, channel, time]`)."""
-    from mindzoo.pipelines.ephys import prepare_bids_ephys, write_ephys_store
+    overrides: list[str],
+    seed: int | None = None,
+    subjects: list[str] | None = None,
+    sessions: list[str] | None = None,
+) -> dict[str, Any]:
+    """Defaults + entry + `--set` overrides (+ `--seed` for simulators), validated.
 
-    config = catalog.pipeline_config_class(spec)(**settings["pipeline"])
-    prepared = prepare_bids_ephys(root, config, progress=progress)
-    with StoreWriter(out, key) as writer:
-        write_ephys_store(writer, prepared)
-        return writer.commit(
-            {
-                "dataset": spec.name,
-                "modality": spec.modality,
-                "source": {
-                    **provenance,
-                    "root": str(root),
-                    "n_files_read": len(prepared.source_files),
-                },
-                "pipeline": {"name": spec.modality, "version": _pipeline_version(spec)},
-                "config": settings,
-                "subjects": sorted(prepared.subjects),
-                "mindzoo_version": __version__,
-            }
-        )
+    ``subjects``/``sessions`` (labels without ``sub-``/``ses-``) become the pipeline's
+    ``subjects``/``sessions`` settings, so they enter the config hash like any other setting.
+    """
+    settings = apply_overrides(default_settings(spec), overrides)
+    if seed is not None and settings.get("simulator") is not None:
+        settings["simulator"]["seed"] = seed
+    for key, labels in (("subjects", subjects), ("sessions", sessions)):
+        if labels is not None:
+            settings["pipeline"][key] = list(labels)
+    validate(PrepareSettings, settings, f"dataset {spec.name}")
+    settings["pipeline"] = validate(
+        pipeline_config_class(spec), settings["pipeline"], f"dataset {spec.name} (pipeline.*)"
+    ).model_dump(mode="json")
+    if settings.get("simulator") is not None:
+        settings["simulator"] = validate(
+            catalog.simulator(spec)[0], settings["simulator"], f"dataset {spec.name} (simulator.*)"
+        ).model_dump(mode="json")
+    return settings

@@ -53,6 +53,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from tqdm.auto import tqdm
 
 from mindzoo.atomic import atomic_directory
+from mindzoo.datasets.synthetic.spectral import spectral_noise
 from mindzoo.errors import UserInputError
 
 TASK = "wordreading"
@@ -165,23 +166,6 @@ def make_montage(rng: np.random.Generator, config: SyntheticIEEGConfig) -> pd.Da
     return pd.DataFrame(rows)
 
 
-def _spectral_noise(
-    rng: np.random.Generator, n_rows: int, n_samples: int, amplitude: np.ndarray
-) -> np.ndarray:
-    """Gaussian noise [row, time] with amplitude spectrum ``amplitude`` [n_samples // 2 + 1],
-    unit variance per row: random complex Fourier coefficients and one inverse FFT."""
-    from scipy.fft import irfft
-
-    shape = (n_rows, len(amplitude))
-    spectrum = rng.standard_normal(shape, dtype=np.float32) + 1j * rng.standard_normal(
-        shape, dtype=np.float32
-    )
-    spectrum *= amplitude.astype(np.float32)
-    noise = irfft(spectrum, n=n_samples, axis=1, workers=1)
-    noise /= noise.std(axis=1, keepdims=True)
-    return noise.astype(np.float32, copy=False)
-
-
 def _background(
     rng: np.random.Generator, groups: np.ndarray, n_samples: int, sfreq: float, rms: float
 ) -> np.ndarray:
@@ -191,7 +175,7 @@ def _background(
     amplitude = 1 / np.sqrt(1 + freqs**2)
     amplitude[0] = 0.0
     shafts, shaft_index = np.unique(groups, return_inverse=True)
-    walks = _spectral_noise(rng, len(groups) + len(shafts), n_samples, amplitude)
+    walks = spectral_noise(rng, len(groups) + len(shafts), n_samples, amplitude)
     local, shared = walks[: len(groups)], walks[len(groups) :]
     signal = np.float32(np.sqrt(0.5)) * local
     signal += np.float32(np.sqrt(0.5)) * shared[shaft_index]
@@ -209,7 +193,7 @@ def _carrier(
         amplitude = 1 / np.sqrt(
             (1 + (70.0 / np.maximum(freqs, 1e-9)) ** 8) * (1 + (freqs / 170.0) ** 8)
         )
-    return _spectral_noise(rng, n_channels, n_samples, amplitude) * np.float32(rms)
+    return spectral_noise(rng, n_channels, n_samples, amplitude) * np.float32(rms)
 
 
 def _gaussian(t: np.ndarray, centre: np.ndarray, sd: float) -> np.ndarray:
