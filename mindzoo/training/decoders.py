@@ -41,8 +41,8 @@ from mindzoo.errors import UserInputError
 from mindzoo.models import count_parameters, create_model, get_model_info
 from mindzoo.models.base import FMRIDecoder
 from mindzoo.training import checkpoint as ckpt
-from mindzoo.training.rundir import describe_run, prepare_run_dir, run_dir_for_training
-from mindzoo.training.trainer import Trainer, TrainerConfig, make_accelerator, seed_everything
+from mindzoo.training.rundir import describe_run, fit_in_run_dir, prepare_run_dir
+from mindzoo.training.trainer import TrainerConfig, make_accelerator, seed_everything
 
 
 class TrainSettings(BaseModel):
@@ -127,16 +127,9 @@ def train_decoder(
     config = describe_run(name, settings, store, chosen, build=model.build_spec())
     prepare_run_dir(out, resume, overwrite, config, accelerator.is_main_process)
     accelerator.wait_for_everyone()  # every process has checked `out` before anyone writes
-    with run_dir_for_training(out, config, accelerator):
-        state = Trainer(trainer_config, accelerator).fit(
-            model,
-            splits["train"],
-            splits["val"],
-            checkpoint_dir=out / "checkpoints",
-            resume=resume,
-            run_config=config,
-            progress=progress,
-        )
+    state = fit_in_run_dir(
+        out, config, model, splits, trainer_config, accelerator, resume, progress
+    )
     if accelerator.is_main_process:
         _write_decoder_results(out, model, splits, evaluated, state, store, name)
     accelerator.wait_for_everyone()

@@ -39,8 +39,8 @@ from mindzoo.datasets.store import TensorStore
 from mindzoo.errors import UserInputError
 from mindzoo.models import InitRun, StageInit, count_parameters, create_model, get_model_info
 from mindzoo.training import checkpoint as ckpt
-from mindzoo.training.rundir import describe_run, prepare_run_dir, run_dir_for_training
-from mindzoo.training.trainer import Trainer, TrainerConfig, make_accelerator, seed_everything
+from mindzoo.training.rundir import describe_run, fit_in_run_dir, prepare_run_dir
+from mindzoo.training.trainer import TrainerConfig, make_accelerator, seed_everything
 
 
 class EphysTrainSettings(BaseModel):
@@ -171,16 +171,9 @@ def train_ephys(
     out = Path(out)
     prepare_run_dir(out, resume, False, config, is_main=True)
     splits = {s: EphysDataset(store, chosen, s, data_config) for s in ("train", "val", "test")}
-    with run_dir_for_training(out, config, accelerator):
-        state = Trainer(trainer_config, accelerator).fit(
-            model,
-            splits["train"],
-            splits["val"],
-            checkpoint_dir=out / "checkpoints",
-            resume=resume,
-            run_config=config,
-            progress=progress,
-        )
+    state = fit_in_run_dir(
+        out, config, model, splits, trainer_config, accelerator, resume, progress
+    )
     if accelerator.is_main_process:
         _write_results(out, model, splits, state, store, name, trainer_config.batch_size)
     accelerator.wait_for_everyone()

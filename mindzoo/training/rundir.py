@@ -19,6 +19,7 @@ from pydantic import BaseModel
 from mindzoo.datasets.store import TensorStore
 from mindzoo.errors import UserInputError
 from mindzoo.training import checkpoint as ckpt
+from mindzoo.training.trainer import Trainer, TrainerConfig
 
 if TYPE_CHECKING:
     from accelerate import Accelerator
@@ -93,3 +94,27 @@ def run_dir_for_training(
         ):
             shutil.rmtree(out, ignore_errors=True)
         raise
+
+
+def fit_in_run_dir(
+    out: Path,
+    config: dict[str, Any],
+    model: Any,
+    splits: dict[str, Any],
+    trainer_config: TrainerConfig,
+    accelerator: Accelerator,
+    resume: bool,
+    progress: bool,
+) -> ckpt.TrainerState:
+    """Train ``model`` on ``splits["train"]`` (validating on ``splits["val"]``) with checkpoints in
+    ``out/checkpoints``, inside :func:`run_dir_for_training`; returns the final trainer state."""
+    with run_dir_for_training(out, config, accelerator):
+        return Trainer(trainer_config, accelerator).fit(
+            model,
+            splits["train"],
+            splits["val"],
+            checkpoint_dir=out / "checkpoints",
+            resume=resume,
+            run_config=config,
+            progress=progress,
+        )
