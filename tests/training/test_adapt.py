@@ -7,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from factories.cli import TINY, cli, error_lines, sets
 from safetensors.numpy import load_file
-from test_cli import TINY, cli, error_lines, sets
 
 from mindzoo.datasets.store import TensorStore
 from mindzoo.datasets.views import DataConfig

@@ -11,7 +11,7 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 import pytest
-from bids_factory import ROI_NAMES, bold_path, write_bids_fmri
+from factories.bids import ROI_NAMES, bold_path, write_bids_fmri
 from nilearn.glm.first_level import compute_regressor
 from nilearn.glm.first_level.design_matrix import create_cosine_drift
 from PIL import Image

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from factories.cli import TINY, cli, sets
 from PIL import Image
-from test_cli import TINY, cli, sets
 
 from mindzoo.datasets.store import TensorStore
 

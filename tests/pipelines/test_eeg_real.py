@@ -13,7 +13,7 @@ import pytest
 from mindzoo.datasets.store import TensorStore, verify_store
 from mindzoo.pipelines.prepare import prepare_dataset
 
-REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "eeg"
+REAL = Path(__file__).resolve().parents[3] / "shared" / "data" / "eeg"
 # (file, mne-bids format): the originals copied as they are, and BrainVision converted to EEGLAB
 CASES = [("test.edf", "auto"), ("test.bdf", "auto"), ("test.vhdr", "auto"), ("test.vhdr", "EEGLAB")]
 WINDOW = [

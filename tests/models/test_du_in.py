@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from ephys_factory import write_ephys_store
+from factories.cli import cli, error_lines, sets
+from factories.ephys import write_ephys_store
 from safetensors.numpy import load_file
 from safetensors.torch import load_file as load_torch
-from test_cli import cli, error_lines, sets
 
 from mindzoo.datasets.ephys_views import EphysDataset, RecordingInfo, random_shift
 from mindzoo.datasets.store import TensorStore

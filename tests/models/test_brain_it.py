@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from factories.cli import cli, sets
+from factories.ddp import run_ddp
+from factories.toy_store import TOY_TARGETS, TOY_VOXELS, write_toy_store
 from safetensors.numpy import load_file
 from sklearn.mixture import GaussianMixture
-from test_cli import TINY, cli, sets
-from test_trainer import run_ddp
-from test_views import TOY_TARGETS, TOY_VOXELS, write_toy_store
 
 from mindzoo.datasets.store import TensorStore
 from mindzoo.datasets.views import FMRIDataset, make_splits
@@ -408,14 +408,19 @@ def test_new_voxels_match_source_voxels_of_their_own_roi(tmp_path: Path) -> None
 
 
 @pytest.fixture(scope="module")
-def tiny_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("brainit") / "store"
-    assert cli("prepare", "synthetic-fmri", "--out", str(out), "--seed", "3", *sets(TINY)) == 0
-    return out
+def tiny_store(shared_tiny_store: Path) -> Path:
+    """The session's read-only tiny store (tests/conftest.py)."""
+    return shared_tiny_store
 
 
-def test_cli_train_evaluate_beats_chance_and_reloads(tiny_store: Path) -> None:
-    run = tiny_store.parent / "run"
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """This module's run folders (the shared store's folder is not written to)."""
+    return tmp_path_factory.mktemp("brainit")
+
+
+def test_cli_train_evaluate_beats_chance_and_reloads(tiny_store: Path, runs: Path) -> None:
+    run = runs / "run"
     # 2 subjects x 54 trials: batches of 16 give each of the default 20 epochs 8 steps. No
     # validation carve: a handful of validation trials picked early weights (two-way .55-.58 at
     # seeds 0-2 with today's packages); all trials for 20 epochs give .69-.74 at seeds 0-2.
@@ -451,9 +456,9 @@ def test_cli_train_evaluate_beats_chance_and_reloads(tiny_store: Path) -> None:
         np.testing.assert_array_equal(outputs["global"], predictions[f"{subject}/test_pred"])
 
 
-def test_cli_adapt_matches_new_voxels_within_their_roi(tiny_store: Path) -> None:
+def test_cli_adapt_matches_new_voxels_within_their_roi(tiny_store: Path, runs: Path) -> None:
     store = TensorStore.open(tiny_store)
-    run, out = tiny_store.parent / "run-sub01", tiny_store.parent / "adapted-sub02"
+    run, out = runs / "run-sub01", runs / "adapted-sub02"
     quick = sets(["trainer.batch_size=16", "trainer.epochs=2"])
     args = ["train", "brain-it", "--store", str(tiny_store), "--subjects", "01", "--out", str(run)]
     assert cli(*args, *quick) == 0
@@ -487,7 +492,7 @@ _DDP_SCRIPT = """
 import json, sys, torch
 from pathlib import Path
 torch.set_num_threads(1)
-from test_views import TOY_TARGETS, TOY_VOXELS
+from factories.toy_store import TOY_TARGETS, TOY_VOXELS
 from mindzoo.datasets.store import TensorStore
 from mindzoo.datasets.views import make_splits
 from mindzoo.models.brain_it import BrainIT, BrainITConfig

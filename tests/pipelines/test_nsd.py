@@ -1,5 +1,5 @@
 """NSD from a local mirror: values, trial bookkeeping, conventions and bad input, on a fake
-mirror in NSD's real layout and formats (tests/nsd_factory.py)."""
+mirror in NSD's real layout and formats (tests/factories/nsd.py)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from nsd_factory import EXPDESIGN, STIM_INFO, STIMULI, betas_path, roi_path, write_nsd_mirror
+from factories.nsd import EXPDESIGN, STIM_INFO, STIMULI, betas_path, roi_path, write_nsd_mirror
 from PIL import Image
 from pydantic import ValidationError
 

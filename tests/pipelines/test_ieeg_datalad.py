@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from datalad_factory import has_content, head_commit, make_datalad_dataset
+from factories.datalad import has_content, head_commit, make_datalad_dataset
 
 from mindzoo.datasets.store import TensorStore, verify_store
 from mindzoo.datasets.synthetic.ieeg import SyntheticIEEGConfig, simulate_bids

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from factories.cli import cli, sets
+from factories.toy_store import TOY_TARGETS, TOY_VOXELS, write_toy_store
 from safetensors.numpy import load_file
-from test_cli import TINY, cli, sets
-from test_views import TOY_TARGETS, TOY_VOXELS, write_toy_store
 
 from mindzoo.datasets.store import TensorStore
 from mindzoo.datasets.views import FMRIDataset, make_splits
@@ -202,14 +202,21 @@ def test_reset_tuning_refuses_other_families_and_a_model_without_cycle_loss() ->
 
 
 @pytest.fixture(scope="module")
-def tiny_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("mindbridge") / "store"
-    assert cli("prepare", "synthetic-fmri", "--out", str(out), "--seed", "3", *sets(TINY)) == 0
-    return out
+def tiny_store(shared_tiny_store: Path) -> Path:
+    """The session's read-only tiny store (tests/conftest.py)."""
+    return shared_tiny_store
 
 
-def test_cli_train_evaluate_beats_chance_and_reloads_identically(tiny_store: Path) -> None:
-    run = tiny_store.parent / "run"
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """This module's run folders (the shared store's folder is not written to)."""
+    return tmp_path_factory.mktemp("mindbridge")
+
+
+def test_cli_train_evaluate_beats_chance_and_reloads_identically(
+    tiny_store: Path, runs: Path
+) -> None:
+    run = runs / "run"
     fast = sets(["trainer.epochs=15", "trainer.batch_size=16", "model.pool_size=256"])
     assert cli("train", "mindbridge", "--store", str(tiny_store), "--out", str(run), *fast) == 0
     config = json.loads((run / "config.json").read_text())

@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from factories.cli import cli, sets
+from factories.toy_store import TOY_TARGETS, TOY_VOXELS, write_toy_store
 from safetensors.numpy import load_file
-from test_cli import TINY, cli, sets
-from test_views import TOY_TARGETS, TOY_VOXELS, write_toy_store
 
 from mindzoo.datasets.store import TensorStore
 from mindzoo.datasets.views import FMRIDataset, make_splits
@@ -149,15 +149,20 @@ SMALL = [
 
 
 @pytest.fixture(scope="module")
-def tiny_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("mindeye") / "store"
-    assert cli("prepare", "synthetic-fmri", "--out", str(out), "--seed", "3", *sets(TINY)) == 0
-    return out
+def tiny_store(shared_tiny_store: Path) -> Path:
+    """The session's read-only tiny store (tests/conftest.py)."""
+    return shared_tiny_store
 
 
 @pytest.fixture(scope="module")
-def trained_run(tiny_store: Path) -> Path:
-    run = tiny_store.parent / "run"
+def runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """This module's run folders (the shared store's folder is not written to)."""
+    return tmp_path_factory.mktemp("mindeye")
+
+
+@pytest.fixture(scope="module")
+def trained_run(tiny_store: Path, runs: Path) -> Path:
+    run = runs / "run"
     assert cli("train", "mindeye-mlp", "--store", str(tiny_store), "--out", str(run)) == 0
     return run
 

@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from factories.cli import TINY, cli, error_lines, sets
 from PIL import Image
 from safetensors.numpy import load_file, save_file
-from test_cli import TINY, cli, error_lines, sets
 
 from mindzoo.datasets.store import TensorStore
 from mindzoo.reconstruction.base import resize_images

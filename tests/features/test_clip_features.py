@@ -4,9 +4,9 @@ feature space's weights lookup (random tiny encoders saved to tmp dirs; no downl
 from __future__ import annotations
 
 import numpy as np
-import pretrained_factory as factory
 import pytest
 import torch
+from factories import pretrained as factory
 from transformers import CLIPImageProcessor
 
 from mindzoo.errors import UserInputError

@@ -14,8 +14,8 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 import pytest
+from factories.cli import cli
 from PIL import Image
-from test_cli import cli
 
 from mindzoo.config import config_hash, validate
 from mindzoo.datasets.catalog import DatasetSpec, get_dataset, list_datasets

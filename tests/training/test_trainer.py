@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from test_views import TOY_TARGETS, TOY_VOXELS, write_toy_store
+from factories.ddp import run_ddp
+from factories.toy_store import TOY_TARGETS, TOY_VOXELS, write_toy_store
 
 from mindzoo.datasets.store import TensorStore
 from mindzoo.datasets.views import DataConfig, FMRIDataset, SubjectBatchSampler, make_splits
@@ -222,7 +220,7 @@ _DDP_SCRIPT = """
 import json, sys, torch
 from pathlib import Path
 torch.set_num_threads(1)
-from test_views import TOY_TARGETS, TOY_VOXELS
+from factories.toy_store import TOY_TARGETS, TOY_VOXELS
 from mindzoo.datasets.store import TensorStore
 from mindzoo.datasets.views import make_splits
 from mindzoo.models.mindeye_mlp import MindEyeMLP, MindEyeMLPConfig
@@ -242,25 +240,6 @@ if trainer.accelerator.is_main_process:
     Path(out + ".json").write_text(json.dumps(result))
     save_weights(Path(out + ".safetensors"), weights(model))
 """
-
-
-def run_ddp(script_text: str, store_path: Path, tmp_path: Path, port_base: int) -> dict[int, dict]:
-    """Run `script_text STORE OUT` under torch.distributed.run with 1 and 2 CPU processes.
-
-    The script writes OUT.json; returns {world size: that JSON}.
-    """
-    script = tmp_path / "ddp_train.py"
-    script.write_text(script_text)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), *sys.path])}
-    results = {}
-    for world in (1, 2):
-        out = str(tmp_path / f"world{world}")
-        launch = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(world)]
-        launch += ["--master_port", str(port_base + world), str(script), str(store_path), out]
-        proc = subprocess.run(launch, env=env, capture_output=True, text=True, timeout=300)
-        assert proc.returncode == 0, proc.stderr[-3000:]
-        results[world] = json.loads(Path(out + ".json").read_text())
-    return results
 
 
 @pytest.mark.slow

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from ephys_factory import write_ephys_store
+from factories.ephys import write_ephys_store
 
 from mindzoo.datasets.ephys_views import RecordingInfo
 from mindzoo.evaluation.classification import (

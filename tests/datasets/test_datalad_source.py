@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from bids_factory import bold_path, write_bids_fmri
-from datalad_factory import drop_content, has_content, head_commit, make_datalad_dataset, save
-from test_cli import cli
+from factories.bids import bold_path, write_bids_fmri
+from factories.cli import cli
+from factories.datalad import drop_content, has_content, head_commit, make_datalad_dataset, save
 
 from mindzoo.datasets import datalad_source
 from mindzoo.datasets.store import TensorStore

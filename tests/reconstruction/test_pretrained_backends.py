@@ -11,9 +11,9 @@ import shutil
 from pathlib import Path
 
 import numpy as np
-import pretrained_factory as factory
 import pytest
 import torch
+from factories import pretrained as factory
 from PIL import Image
 
 from mindzoo.errors import UserInputError

@@ -23,7 +23,7 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 import pytest
-from bids_factory import (
+from factories.bids import (
     MOTION,
     simulate_bold,
     t1w_affine,

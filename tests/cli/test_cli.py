@@ -11,44 +11,11 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+from factories.cli import TINY, cli, error_lines, sets
 from safetensors.numpy import load_file
 
-from mindzoo.cli.app import main
 from mindzoo.datasets.store import TensorStore
 from mindzoo.evaluation.metrics import evaluate_features
-
-TINY = [
-    "simulator.n_subjects=2",
-    "simulator.n_test_images=8",
-    "simulator.n_train_images=60",
-    "simulator.n_sessions=1",
-    "simulator.runs_per_session=2",
-    "simulator.trials_per_run=42",
-    "simulator.volume_shape=[16,18,16]",
-]
-
-
-def cli(*args: str) -> int:
-    """Run braindecode-cli in-process; return its exit status."""
-    old = sys.argv
-    sys.argv = ["braindecode-cli", *args]
-    try:
-        main()
-    except SystemExit as exc:
-        return int(exc.code or 0)
-    finally:
-        sys.argv = old
-    return 0
-
-
-def error_lines(stderr: str) -> list[str]:
-    """The error lines of stderr (progress bars aside); fails on a traceback."""
-    assert "Traceback" not in stderr, stderr
-    return [line for line in stderr.splitlines() if line.startswith("error:")]
-
-
-def sets(items: list[str]) -> list[str]:
-    return [arg for item in items for arg in ("--set", item)]
 
 
 @pytest.fixture(scope="module")
@@ -200,7 +167,7 @@ def test_datasets_and_models_list(capsys: pytest.CaptureFixture[str]) -> None:
 
 @pytest.mark.parametrize("case", ["3d-bold", "events-missing", "no-onset", "tr-mismatch", "nan"])
 def test_prepare_bids_bad_input_exit_2_and_no_store(case: str, tmp_path: Path) -> None:
-    from bids_factory import write_bids_fmri
+    from factories.bids import write_bids_fmri
     from test_pipeline_fmri import BAD_INPUTS
 
     source = tmp_path / "bids"
@@ -231,7 +198,7 @@ def test_prepare_bids_bad_input_exit_2_and_no_store(case: str, tmp_path: Path) -
 
 
 def test_failed_prepare_keeps_the_existing_store(tmp_path: Path) -> None:
-    from bids_factory import bold_path, write_bids_fmri
+    from factories.bids import bold_path, write_bids_fmri
 
     source = tmp_path / "bids"
     write_bids_fmri(source, n_subjects=1, n_sessions=1, n_runs=2, n_train_per_run=3, seed=1)
