@@ -38,10 +38,9 @@ from mindzoo.datasets.store import TensorStore
 from mindzoo.datasets.views import make_splits
 from mindzoo.evaluation.metrics import evaluate_features
 from mindzoo.evaluation.run import evaluate_run
-from mindzoo.models import create_model
+from mindzoo.models import create_model, load_model
 from mindzoo.models.brain_it import BrainIT, BrainITConfig
 from mindzoo.training.adapt import adapt_model, adaptation_trials
-from mindzoo.training.checkpoint import load_model
 from mindzoo.training.run import train_model
 
 SPACE = "efficientnet-lite0"
