@@ -91,15 +91,14 @@ def config_hash(payload: Any) -> str:
 
 
 def resolve_preset(
-    folder: str,
     name: str,
     overrides: list[str],
     sections: dict[str, type[BaseModel]],
     schema: type[BaseModel],
 ) -> BaseModel:
-    """The one settings resolver: preset YAML -> ``preset=VARIANT`` -> ``--set`` -> pydantic.
+    """The one settings resolver of models: preset YAML -> ``preset=VARIANT`` -> ``--set`` -> pydantic.
 
-    The preset is ``mindzoo/configs/FOLDER/NAME.yaml`` (none is fine: the defaults), or
+    The preset is ``mindzoo/configs/models/NAME.yaml`` (none is fine: the defaults), or
     ``NAME-VARIANT.yaml`` when the overrides hold ``preset=VARIANT`` (e.g. ``preset=paper``: a
     family's published configuration). Each section (``model:``, ``trainer:`` ...) is filled
     with its class's defaults, so every setting can be overridden by ``--set section.key=value``;
@@ -108,7 +107,7 @@ def resolve_preset(
     variants = [o.partition("=")[2].strip() for o in overrides if o.partition("=")[0] == "preset"]
     overrides = [o for o in overrides if o.partition("=")[0] != "preset"]
     stem = f"{name}-{variants[-1]}" if variants else name
-    preset_path = configs_dir() / folder / f"{stem}.yaml"
+    preset_path = configs_dir() / "models" / f"{stem}.yaml"
     if variants and not preset_path.is_file():
         have = sorted(p.stem for p in preset_path.parent.glob(f"{name}-*.yaml"))
         raise UserInputError(

@@ -26,10 +26,6 @@ from mindzoo.extras import require
 from mindzoo.models.du_in import classification_outputs
 from mindzoo.models.trainable import EphysModel
 
-# Du-IN's reference recording: 10 channels, 3 s at 1000 Hz, 61 words (`braindecode-cli models`)
-REFERENCE_RECORDING = RecordingInfo({"sub-01": 10}, n_times=3000, sfreq=1000.0, n_classes=61)
-REFERENCE_SHAPES = {"info": REFERENCE_RECORDING}
-
 
 class BaselineConfig(BaseModel):
     """Settings shared by the braindecode baselines."""

@@ -37,7 +37,7 @@ class ModelInfo:
     fixed keyword arguments of this entry (e.g. the Du-IN stage). ``reference`` names a mapping
     of shape arguments (an attribute, or ``module:attribute``) that ``create_model(name)`` builds for, so
     ``braindecode-cli models`` can count parameters; ``None`` for data-sized models (ridge).
-    ``init`` names the family's :class:`~mindzoo.models.base.StageInit` when a run of it can
+    ``init`` names the family's :class:`~mindzoo.models.trainable.StageInit` when a run of it can
     start from an earlier run (``--set init=RUN``). ``kind``: ``decoder`` (torch fMRI decoder),
     ``estimator`` (per-subject numpy model), ``ephys`` (torch ephys model), ``diffusion``
     (image generator of the embedded reconstruction backend).
@@ -85,7 +85,7 @@ def _duin(name: str, stage: str, description: str, init: str | None = None) -> M
 def _baseline(name: str, description: str) -> ModelInfo:
     return ModelInfo(
         name, f"{description}; ephys classification", "ephys", "mindzoo.models.eeg_baselines",
-        "BaselineConfig", "PerSubjectBaseline", {"family": name}, "REFERENCE_SHAPES",
+        "BaselineConfig", "PerSubjectBaseline", {"family": name}, "mindzoo.models.du_in:REFERENCE_SHAPES",
     )  # fmt: skip
 
 

@@ -53,7 +53,7 @@ class DiffusionSettings(BaseModel):
 def resolve_settings(overrides: list[str]) -> tuple[EmbeddedConfig, EmbeddedTrainConfig]:
     """mindzoo/configs/models/diffusion.yaml + config defaults + ``--set`` overrides, validated."""
     sections = {"model": EmbeddedConfig, "trainer": EmbeddedTrainConfig}
-    settings = resolve_preset("models", NAME, overrides, sections, DiffusionSettings)
+    settings = resolve_preset(NAME, overrides, sections, DiffusionSettings)
     model = EmbeddedConfig(**settings.model)
     model.check()
     return model, EmbeddedTrainConfig(**settings.trainer)

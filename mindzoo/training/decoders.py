@@ -69,7 +69,7 @@ def resolve_train_settings(name: str, overrides: list[str]) -> TrainSettings:
         "data": DataConfig,
         "trainer": TrainerConfig,
     }
-    return resolve_preset("models", name, overrides, sections, TrainSettings)
+    return resolve_preset(name, overrides, sections, TrainSettings)
 
 
 def decoder_targets(settings: TrainSettings) -> tuple[dict[str, str], str]:

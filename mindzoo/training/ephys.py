@@ -63,7 +63,7 @@ def resolve_ephys_settings(name: str, overrides: list[str]) -> EphysTrainSetting
         "data": EphysDataConfig,
         "trainer": TrainerConfig,
     }
-    return resolve_preset("models", name, overrides, sections, EphysTrainSettings)
+    return resolve_preset(name, overrides, sections, EphysTrainSettings)
 
 
 def init_spec(name: str) -> StageInit:

@@ -39,7 +39,7 @@ def fit_estimator(
     if resume:
         raise UserInputError(f"--resume continues a torch model's checkpoints; {name} has none")
     sections = {"model": get_model_info(name).config_cls}
-    settings = resolve_preset("models", name, overrides or [], sections, TrainSettings)
+    settings = resolve_preset(name, overrides or [], sections, TrainSettings)
     store = TensorStore.open(store_path)
     chosen = store.pick_subjects(subjects)
     out = Path(out)
