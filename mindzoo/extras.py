@@ -18,6 +18,7 @@ EXTRAS = {
     "eeg": "the braindecode EEG baselines (braindecode)",
     "nwb": "NWB recordings (pynwb)",
     "clip": "CLIP features and the pretrained diffusion backends (transformers)",
+    "s3": "stores and runs on S3 (s3fs)",
 }
 
 

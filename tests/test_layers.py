@@ -2,7 +2,7 @@
 
 Layers, bottom to top (docs/architecture.md): errors/atomic/config/extras -> features -> datasets
 -> pipelines | models (side by side, neither imports the other) -> evaluation -> reconstruction
--> training -> cli. Imports are read with ``ast`` (no code runs), including those inside
+-> training -> grid -> cli. Imports are read with ``ast`` (no code runs), including those inside
 functions and under ``TYPE_CHECKING``: a lazy import upward is still an upward dependency.
 """
 
@@ -23,8 +23,9 @@ LAYERS = {
     "evaluation": 4,
     "reconstruction": 5,
     "training": 6,
-    "cli": 7,
-    "__main__": 7,
+    "grid": 7,
+    "cli": 8,
+    "__main__": 8,
 }
 SIDE_BY_SIDE = {("pipelines", "models"), ("models", "pipelines")}
 MAX_LINES = 600

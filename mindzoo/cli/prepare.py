@@ -8,8 +8,11 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
+from mindzoo.cli import cluster
+from mindzoo.datasets import remote
 from mindzoo.datasets.store import TensorStore
 from mindzoo.errors import UserInputError
+from mindzoo.executors import ExecutorSettings
 from mindzoo.pipelines.prepare import prepare_dataset
 
 console = Console()
@@ -47,28 +50,35 @@ def parse_labels(text: str | None, prefix: str) -> list[str] | None:
 
 def run_prepare(
     dataset: str,
-    out: Path,
+    out: Path | str,
     source: str | Path | None,
     seed: int | None,
     sets: list[str],
     subjects: list[str] | None = None,
     sessions: list[str] | None = None,
+    executor: ExecutorSettings | None = None,
 ) -> TensorStore:
-    """Prepare, print what happened and write `out/metrics.json`; returns the opened store."""
+    """Prepare, print what happened and write `out/metrics.json`; returns the opened store.
+    A URL ``out`` (``s3://bucket/store``) is prepared in a local staging store and published."""
+    local = remote.staging_store(out) if remote.is_url(out) else Path(out)
     result = prepare_dataset(
         dataset,
-        out,
+        local,
         source=source,
         seed=seed,
         overrides=sets,
         subjects=subjects,
         sessions=sessions,
+        executor=executor,
     )
     store = TensorStore.open(result.version_dir)
-    what = "cache hit" if result.cache_hit else "prepared"
+    where, cache_hit = result.version_dir, result.cache_hit
+    if remote.is_url(out):  # a version already there uploads nothing
+        published = remote.publish_version(result.version_dir, out)
+        where, cache_hit = published.version, not published.uploaded
+    what = "cache hit" if cache_hit else "prepared"
     console.print(
-        f"{what}: {dataset} -> {result.version_dir} ({result.seconds:.1f} s, "
-        f"config {result.config_hash[:12]})"
+        f"{what}: {dataset} -> {where} ({result.seconds:.1f} s, config {result.config_hash[:12]})"
     )
     sizes = summarise_store(store)
     for subject, size in sizes.items():
@@ -79,11 +89,13 @@ def run_prepare(
         "dataset": dataset,
         "version": result.version_dir.name,
         "config_hash": result.config_hash,
-        "cache_hit": result.cache_hit,
+        "cache_hit": cache_hit,
         "seconds": round(result.seconds, 3),
         "subjects": sizes,
     }
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    (local / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    if remote.is_url(out):
+        remote.write_text(f"{out.rstrip('/')}/metrics.json", json.dumps(metrics, indent=2))
     return store
 
 
@@ -96,7 +108,10 @@ def register(app: typer.Typer) -> None:
             help="Data location overriding the catalog's: a directory, a DataLad dataset, or a "
             "DataLad/RIA URL.",
         ),
-        out: Path = typer.Option(Path("stores/default"), help="Store directory (`--store` later)."),
+        out: str = typer.Option(
+            "stores/default",
+            help="Store directory or fsspec URL, e.g. s3://bucket/store (`--store` later).",
+        ),
         subjects: str | None = typer.Option(
             None, help="Only these subjects, comma separated (01,02); the rest is not fetched."
         ),
@@ -107,8 +122,22 @@ def register(app: typer.Typer) -> None:
         ),
         seed: int | None = typer.Option(None, help="Seed of a synthetic dataset's simulator."),
         sets: list[str] = typer.Option([], "--set", help="Override a setting: KEY=VALUE."),
+        executor: str = cluster.EXECUTOR,
+        jobs: int = cluster.JOBS,
+        cpus: int | None = cluster.CPUS,
+        mem: float | None = cluster.MEM,
+        time: int = cluster.TIME,
+        partition: str | None = cluster.PARTITION,
+        max_parallel: int | None = cluster.MAX_PARALLEL,
+        slurm_set: list[str] = cluster.SLURM_SET,
+        retries: int = cluster.RETRIES,
     ) -> None:
-        """Prepare DATASET into a tensor store (cached: same settings, no rewrite)."""
+        """Prepare DATASET into a tensor store (cached: same settings, no rewrite).
+
+        With --jobs N or --executor slurm, one job per subject (same bytes as a serial run)."""
+        settings = cluster.executor_settings(
+            executor, jobs, cpus, 0, mem, time, partition, max_parallel, slurm_set, retries
+        )
         run_prepare(
             dataset,
             out,
@@ -117,4 +146,5 @@ def register(app: typer.Typer) -> None:
             sets,
             subjects=parse_labels(subjects, "sub-"),
             sessions=parse_labels(sessions, "ses-"),
+            executor=settings,
         )

@@ -30,9 +30,13 @@ def register(app: typer.Typer) -> None:
     @app.command()
     def train(
         model: str = typer.Argument(..., help="Model name (see `braindecode-cli models`)."),
-        store: Path = typer.Option(..., help="Store directory written by `prepare`."),
+        store: str = typer.Option(
+            ..., help="Store directory written by `prepare`, or its URL (s3://bucket/store)."
+        ),
         subjects: list[str] = typer.Option([], help="Subjects to fit (default: all)."),
-        out: Path | None = typer.Option(None, help="Run directory (default runs/MODEL-TIME)."),
+        out: str | None = typer.Option(
+            None, help="Run directory or URL (s3://bucket/runs/x; default runs/MODEL-TIME)."
+        ),
         sets: list[str] = typer.Option([], "--set", help="Override a setting: KEY=VALUE."),
         resume: bool = typer.Option(
             False, help="Continue the run in --out from its last checkpoint (torch models)."

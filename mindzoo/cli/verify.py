@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import typer
 from rich.console import Console
 
@@ -14,7 +12,9 @@ console = Console()
 
 def register(app: typer.Typer) -> None:
     @app.command()
-    def verify(store: Path = typer.Argument(..., help="Store directory or version.")) -> None:
+    def verify(
+        store: str = typer.Argument(..., help="Store directory or version, or its URL (s3://...)."),
+    ) -> None:
         """Check a store's checksums and schema; exit 1 when anything is wrong."""
         report = verify_store(store)
         if report.ok:

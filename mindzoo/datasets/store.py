@@ -18,6 +18,12 @@ Rules (DESIGN.md): writes are atomic (built in a hidden sibling, renamed at the 
 config hash is a cache hit; a different config is a new version beside the old one; reads are
 lazy (`signals()` returns a Zarr array, nothing is loaded until sliced); `verify_store` re-hashes
 every file and checks the schema.
+
+Every array names its dimensions (Zarr v3 ``dimension_names``: ``trial``/``voxel`` or
+``trial``/``channel``/``time``, ``stimulus``/``y``/``x``/``rgb`` ...) so xarray can open a
+group; stores written before that have none and read the same (the schema version is unchanged).
+A store can live on object storage: `TensorStore.open`, `resolve_store` and `verify_store` take
+an fsspec URL (``s3://bucket/store``) as well; :mod:`mindzoo.datasets.remote` publishes to one.
 """
 
 from __future__ import annotations
@@ -38,13 +44,14 @@ import pandas as pd
 import zarr
 
 from mindzoo import __version__
+from mindzoo.datasets import remote
+from mindzoo.datasets.remote import CURRENT, MANIFEST, RemotePath, is_url
 from mindzoo.errors import UserInputError
 
 SCHEMA_VERSION = 1
 SPLITS = ("train", "val", "test")
-MANIFEST = "manifest.json"
-CURRENT = "CURRENT"
 _TRIAL_CHUNK = 256
+FEATURE_CHUNK = _TRIAL_CHUNK  # rows per chunk of a features array
 
 
 def _version_name(config_hash: str) -> str:
@@ -68,8 +75,11 @@ def set_current(store_dir: Path, version_dir: Path) -> None:
     os.replace(tmp, Path(store_dir) / CURRENT)
 
 
-def resolve_store(path: Path) -> Path:
-    """Turn a store directory (or a version directory inside it) into a version directory."""
+def resolve_store(path: Path | str | RemotePath) -> Path | RemotePath:
+    """Turn a store directory (or a version directory inside it) into a version directory;
+    a URL (``s3://bucket/store``) into the location of its current remote version."""
+    if isinstance(path, RemotePath) or is_url(path):
+        return remote.resolve_remote_store(str(path))
     path = Path(path)
     if (path / MANIFEST).is_file():
         return path
@@ -102,14 +112,30 @@ def _data_files(version_dir: Path) -> Iterator[Path]:
             yield path
 
 
+def _dimension_names(data: np.ndarray, leading: tuple[str, ...], name: str) -> tuple[str, ...]:
+    """``leading`` names for the first axes, ``<name>_<i>`` for the rest (xarray's dims)."""
+    named = leading[: data.ndim]
+    return (*named, *(f"{name}_{i}" for i in range(len(named), data.ndim)))
+
+
 def _write_array(
-    group: zarr.Group, name: str, data: np.ndarray, chunk_rows: int | None = None
+    group: zarr.Group,
+    name: str,
+    data: np.ndarray,
+    chunk_rows: int | None = None,
+    dims: tuple[str, ...] = (),
 ) -> None:
     data = np.ascontiguousarray(data)
     chunks = None
     if chunk_rows is not None and data.ndim >= 1:
         chunks = (max(1, min(chunk_rows, data.shape[0])), *data.shape[1:])
-    array = group.create_array(name, shape=data.shape, dtype=data.dtype, chunks=chunks or "auto")
+    array = group.create_array(
+        name,
+        shape=data.shape,
+        dtype=data.dtype,
+        chunks=chunks or "auto",
+        dimension_names=_dimension_names(data, dims, name),
+    )
     if data.size:
         array[...] = data
 
@@ -135,6 +161,19 @@ class StoreWriter:
         self.root = zarr.open_group(str(self.tmp_dir), mode="w", zarr_format=3)
         self._committed: Path | None = None
 
+    @classmethod
+    def join(cls, tmp_dir: Path) -> StoreWriter:
+        """A writer into the temporary version another :class:`StoreWriter` created (a job of a
+        parallel prepare writes its own arrays there); it neither commits nor cleans up."""
+        writer = cls.__new__(cls)
+        writer.tmp_dir = Path(tmp_dir)
+        writer.store_dir = writer.tmp_dir.parent.parent
+        writer.config_hash = ""
+        writer._created_store_dir = False
+        writer.root = zarr.open_group(str(writer.tmp_dir), mode="r+", zarr_format=3)
+        writer._committed = writer.tmp_dir  # never removes what it joined
+        return writer
+
     def __enter__(self) -> StoreWriter:
         return self
 
@@ -156,14 +195,32 @@ class StoreWriter:
                 raise ValueError(
                     f"images must be uint8 [n={len(ids)}, h, w, 3], got {images.shape}"
                 )
-            _write_array(group, "images", images, chunk_rows=_TRIAL_CHUNK)
+            _write_array(group, "images", images, _TRIAL_CHUNK, ("stimulus", "y", "x", "rgb"))
         group.attrs.update({"ids": list(ids), "labels": list(labels), "splits": list(splits)})
 
     def write_features(self, space: str, features: dict[str, np.ndarray]) -> None:
         """Cached targets per stimulus for one feature space: {kind: array [n_stimuli, ...]}."""
         group = self.root.require_group(f"features/{space}")
         for kind, values in features.items():
-            _write_array(group, kind, values, chunk_rows=_TRIAL_CHUNK)
+            _write_array(group, kind, values, _TRIAL_CHUNK, ("stimulus",))
+
+    def create_features(self, space: str, shapes: dict[str, tuple[tuple[int, ...], str]]) -> None:
+        """Empty feature arrays ``{kind: (shape [n_stimuli, ...], dtype)}`` with the chunks and
+        metadata :meth:`write_features` gives, for jobs to fill (:meth:`write_feature_rows`)."""
+        group = self.root.require_group(f"features/{space}")
+        for kind, (shape, dtype) in shapes.items():
+            group.create_array(
+                kind,
+                shape=shape,
+                dtype=dtype,
+                chunks=(max(1, min(_TRIAL_CHUNK, shape[0])), *shape[1:]),
+                dimension_names=_dimension_names(np.empty((0,) * len(shape)), ("stimulus",), kind),
+            )
+
+    def write_feature_rows(self, space: str, kind: str, start: int, values: np.ndarray) -> None:
+        """Rows ``start:start + len(values)`` of a :meth:`create_features` array (a job's part:
+        whole chunks of :data:`FEATURE_CHUNK` rows, so no two jobs write one chunk file)."""
+        self.root[f"features/{space}/{kind}"][start : start + len(values)] = values
 
     def write_subject(
         self,
@@ -188,7 +245,9 @@ class StoreWriter:
         if bad:
             raise ValueError(f"unknown split values {sorted(bad)}; expected {SPLITS}")
         group = self.root.require_group(f"subjects/{subject}")
-        _write_array(group, "signals", signals, chunk_rows=_TRIAL_CHUNK)
+        axis = axis_name.removesuffix("s")  # voxels -> voxel, channels -> channel
+        dims = ("trial", axis, "time") if signals.ndim == 3 else ("trial", axis)
+        _write_array(group, "signals", signals, _TRIAL_CHUNK, dims)
         trial_group = group.require_group("trials")
         categories: dict[str, list[str]] = {}
         for column in trials.columns:
@@ -198,13 +257,13 @@ class StoreWriter:
                 lookup = {c: i for i, c in enumerate(cats)}
                 codes = np.array([lookup[str(v)] for v in values], dtype=np.int32)
                 categories[column] = list(cats)
-                _write_array(trial_group, column, codes)
+                _write_array(trial_group, column, codes, dims=("trial",))
             else:
-                _write_array(trial_group, column, values.to_numpy())
+                _write_array(trial_group, column, values.to_numpy(), dims=("trial",))
         trial_group.attrs["categories"] = categories
         axis_group = group.require_group(axis_name)
         for name, values in axis_arrays.items():
-            _write_array(axis_group, name, values)
+            _write_array(axis_group, name, values, dims=(axis,))
         axis_group.attrs.update(axis_attrs)
         group.attrs.update({"axis": axis_name, "n_trials": int(signals.shape[0])})
 
@@ -250,22 +309,29 @@ def roi_labels(arrays: dict[str, np.ndarray], attrs: dict[str, Any]) -> np.ndarr
 
 @dataclass
 class TensorStore:
-    """Read access to one store version. Nothing is loaded until asked for."""
+    """Read access to one store version. Nothing is loaded until asked for.
 
-    path: Path
+    ``path`` is the version directory, or for a store on object storage its
+    :class:`~mindzoo.datasets.remote.RemotePath` (``str()`` gives the URL).
+    """
+
+    path: Path | RemotePath
     manifest: dict[str, Any] = field(repr=False)
     root: zarr.Group = field(repr=False)
 
     @classmethod
-    def open(cls, path: Path) -> TensorStore:
-        """Open a store directory (its CURRENT version) or a version directory."""
-        version = resolve_store(Path(path))
-        manifest = json.loads((version / MANIFEST).read_text())
+    def open(cls, path: Path | str | RemotePath) -> TensorStore:
+        """Open a store directory (its CURRENT version) or a version directory, local or at an
+        fsspec URL (``s3://bucket/store``; chunks are fetched when sliced)."""
+        version = resolve_store(path)
+        manifest = _read_manifest(version)
         if manifest.get("schema_version") != SCHEMA_VERSION:
             raise UserInputError(
                 f"Store {version} has schema version {manifest.get('schema_version')}, this mindzoo "
                 f"reads {SCHEMA_VERSION}; re-run `braindecode-cli prepare`"
             )
+        if isinstance(version, RemotePath):
+            return cls(version, manifest, remote.open_group(version))
         return cls(version, manifest, zarr.open_group(str(version), mode="r"))
 
     @property
@@ -415,7 +481,7 @@ class TensorStore:
 class VerifyReport:
     """What `verify_store` found: `problems` is empty when the store is intact."""
 
-    path: Path
+    path: Path | RemotePath
     n_files: int
     n_bytes: int
     problems: list[str]
@@ -425,21 +491,40 @@ class VerifyReport:
         return not self.problems
 
 
-def verify_store(path: Path) -> VerifyReport:
-    """Re-hash every file of a store version against its manifest and check the schema."""
-    version = resolve_store(Path(path))
-    manifest = json.loads((version / MANIFEST).read_text())
+def _read_manifest(version: Path | RemotePath) -> dict[str, Any]:
+    if isinstance(version, RemotePath):
+        return remote.read_manifest(version) or {}
+    return json.loads((version / MANIFEST).read_text())
+
+
+def _version_files(version: Path | RemotePath) -> dict[str, int]:
+    """{relative path: size} of a version's data files (all but the manifest)."""
+    if isinstance(version, RemotePath):
+        return {rel: size for rel, size in remote.list_files(version).items() if rel != MANIFEST}
+    return {str(p.relative_to(version)): p.stat().st_size for p in _data_files(version)}
+
+
+def verify_store(path: Path | str | RemotePath) -> VerifyReport:
+    """Re-hash every file of a store version (local, or remote at a URL) against its manifest
+    and check the schema."""
+    version = resolve_store(path)
+    manifest = _read_manifest(version)
     expected: dict[str, str] = manifest.get("checksums", {})
     problems: list[str] = []
     n_bytes = 0
     seen = set()
-    for file in _data_files(version):
-        rel = str(file.relative_to(version))
+    files = _version_files(version)
+    known = {rel: size for rel, size in files.items() if rel in expected}
+    if isinstance(version, RemotePath):  # read concurrently, in batches
+        hashes = remote.sha256_files(version, known)
+    else:
+        hashes = {rel: _sha256_file(version / rel) for rel in known}
+    for rel, size in sorted(files.items()):
         seen.add(rel)
-        n_bytes += file.stat().st_size
+        n_bytes += size
         if rel not in expected:
             problems.append(f"unexpected file {rel} (not in manifest)")
-        elif _sha256_file(file) != expected[rel]:
+        elif hashes[rel] != expected[rel]:
             problems.append(f"checksum mismatch in {rel}")
     problems += [f"missing file {rel}" for rel in sorted(set(expected) - seen)]
     if not problems:
@@ -447,7 +532,7 @@ def verify_store(path: Path) -> VerifyReport:
     return VerifyReport(version, len(seen), n_bytes, problems)
 
 
-def _schema_problems(version: Path) -> list[str]:
+def _schema_problems(version: Path | RemotePath) -> list[str]:
     store = TensorStore.open(version)
     problems = []
     n_stimuli = len(store.stimulus_ids)

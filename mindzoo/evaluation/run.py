@@ -29,7 +29,7 @@ def _read_run(run_dir: Path) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
 
 
 def _open_store(config: dict[str, Any], run_dir: Path) -> TensorStore:
-    store = TensorStore.open(Path(config["store"]))
+    store = TensorStore.open(config["store"])  # a directory or a URL (s3://bucket/store)
     if store.manifest["config_hash"] != config["store_config_hash"]:
         raise UserInputError(
             f"Store {config['store']} changed since run {run_dir} was trained "
@@ -44,8 +44,13 @@ def mean_metrics(per_subject: dict[str, dict[str, float]]) -> dict[str, float]:
     return {k: float(np.mean([m[k] for m in per_subject.values()])) for k in sorted(keys)}
 
 
-def evaluate_run(run_dir: Path, out: Path | None = None) -> dict[str, Any]:
+def evaluate_run(
+    run_dir: Path, out: Path | None = None, subjects: list[str] | None = None
+) -> dict[str, Any]:
     """Score a run's test predictions against the store's cached features; write the report.
+
+    ``subjects`` limits an fMRI run's scoring to those of its subjects (a grid cell scores one);
+    ephys runs are scored whole.
 
     Metrics per subject (keys `<metric>.<space>`): two-way identification, retrieval top-1
     and feature correlation on repeat-averaged test betas, plus the median noise ceiling of
@@ -69,7 +74,13 @@ def evaluate_run(run_dir: Path, out: Path | None = None) -> dict[str, Any]:
     images = store.images()[...] if "images" in store.root["stimuli"] else None
     per_subject: dict[str, dict[str, float]] = {}
     results: dict[str, SubjectResult] = {}
-    for subject in config["subjects"]:
+    chosen = config["subjects"] if subjects is None else subjects
+    unknown = sorted(set(chosen) - set(config["subjects"]))
+    if unknown:
+        raise UserInputError(
+            f"Run {run_dir} has no subject {unknown[0]}; it has {', '.join(config['subjects'])}"
+        )
+    for subject in chosen:
         pred = predictions[f"{subject}/test_pred"]
         stim = predictions[f"{subject}/test_stimulus_index"]
         true = np.asarray(features.get_orthogonal_selection((stim,)), dtype=np.float32)

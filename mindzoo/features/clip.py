@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 
 from mindzoo.errors import UserInputError
 from mindzoo.extras import require
+from mindzoo.features.batching import padded_batch
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -78,11 +79,12 @@ class ClipVision:
         embeds, tokens = [], []
         starts = range(0, images.shape[0], batch_size)
         for start in tqdm(starts, desc="clip", unit="batch", disable=not progress):
-            pixels = self.preprocess(images[start : start + batch_size]).to(self.device)
+            raw, n_real = padded_batch(images, start, batch_size)  # one shape for all batches
+            pixels = self.preprocess(raw).to(self.device)
             with torch.no_grad():
                 out = self.model(pixel_values=pixels)
-            embeds.append(out.image_embeds.float().cpu().numpy())
-            tokens.append(out.last_hidden_state.float().cpu().numpy())
+            embeds.append(out.image_embeds[:n_real].float().cpu().numpy())
+            tokens.append(out.last_hidden_state[:n_real].float().cpu().numpy())
         return {"image_embeds": np.concatenate(embeds), "tokens": np.concatenate(tokens)}
 
 

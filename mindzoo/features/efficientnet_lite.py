@@ -24,6 +24,8 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from mindzoo.features.batching import padded_batch
+
 INPUT_SIZE = 224
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -188,9 +190,9 @@ def efficientnet_lite0_features(
     tokens = np.empty((n, 49, LAST_BLOCK_CHANNELS), dtype=np.float16)
     starts = range(0, n, batch_size)
     for start in tqdm(starts, desc="efficientnet-lite0", unit="batch", disable=not progress):
-        batch = preprocess(images[start : start + batch_size])
+        raw, n_real = padded_batch(images, start, batch_size)  # same shape for every batch
         with torch.no_grad():
-            spatial, head = model.forward_features(batch)
-        pooled[start : start + batch_size] = head.numpy()
-        tokens[start : start + batch_size] = spatial.flatten(2).transpose(1, 2).numpy()
+            spatial, head = model.forward_features(preprocess(raw))
+        pooled[start : start + n_real] = head[:n_real].numpy()
+        tokens[start : start + n_real] = spatial[:n_real].flatten(2).transpose(1, 2).numpy()
     return {"global": pooled, "spatial": tokens}

@@ -44,6 +44,27 @@ class Pipeline(ABC):
         ``settings`` are the whole prepare settings (e.g. ``features``: images needed)."""
         raise UserInputError(f"The {self.name} pipeline does not read DataLad datasets")
 
+    def parallel_units(
+        self, root: Path, config: BaseModel, settings: dict[str, Any], writer: Any, workers: int
+    ) -> list[str] | None:
+        """The units a parallel prepare runs as separate jobs (subjects, chunks of the feature
+        arrays ...; about ``workers`` run at once), after creating in ``writer`` what several
+        jobs fill. None: this pipeline runs only whole (a parallel prepare then runs it here)."""
+        return None
+
+    def write_unit(
+        self,
+        root: Path,
+        config: BaseModel,
+        settings: dict[str, Any],
+        writer: Any,
+        unit: str,
+        progress: bool,
+    ) -> list[str]:
+        """One unit of :meth:`parallel_units` into ``writer`` (its own arrays only); the raw
+        files it read (their union is the whole prepare's). The bytes equal :meth:`write`'s."""
+        raise NotImplementedError
+
     @abstractmethod
     def write(
         self,

@@ -29,8 +29,10 @@ from mindzoo.datasets import catalog, datalad_source
 from mindzoo.datasets.catalog import DatasetSpec, get_dataset
 from mindzoo.datasets.store import SCHEMA_VERSION, StoreWriter, find_version, set_current
 from mindzoo.errors import UserInputError
+from mindzoo.executors import ExecutorSettings
 from mindzoo.features import FEATURE_SPACES
 from mindzoo.pipelines.base import PIPELINES, get_pipeline
+from mindzoo.pipelines.parallel import job_records, write_in_jobs
 
 
 @dataclass
@@ -162,8 +164,13 @@ def prepare_dataset(
     progress: bool = True,
     subjects: list[str] | None = None,
     sessions: list[str] | None = None,
+    executor: ExecutorSettings | None = None,
 ) -> PrepareResult:
     """Prepare catalog dataset `name` into the store directory `out`.
+
+    With a parallel ``executor`` (``--jobs N`` or Slurm) a pipeline that splits by subject runs
+    one job per subject and one for stimuli and features (:mod:`mindzoo.pipelines.parallel`;
+    logs under ``out/logs``); the arrays are the same bytes as a serial prepare's.
 
     ``source`` (a directory, a DataLad dataset or URL) overrides the catalog's location;
     ``subjects``/``sessions`` limit what is fetched and prepared. The same dataset, source data
@@ -200,7 +207,7 @@ def prepare_dataset(
             set_current(out, cached)
             return PrepareResult(cached, True, time.perf_counter() - start, key)
         root = raw.materialise()
-        version = _build_version(spec, root, settings, raw.provenance, key, out, progress)
+        version = _build_version(spec, root, settings, raw.provenance, key, out, progress, executor)
     except BaseException:
         if created:
             _remove_all_but_clones(out)
@@ -255,12 +262,22 @@ def _build_version(
     key: str,
     out: Path,
     progress: bool,
+    executor: ExecutorSettings | None = None,
 ) -> Path:
     """Run ``spec``'s pipeline on ``root`` into a new store version (published atomically)."""
     pipeline = get_pipeline(spec.pipeline)
     config = pipeline.config_cls(**settings["pipeline"])
     with StoreWriter(out, key) as writer:
-        written = pipeline.write(root, config, settings, writer, progress)
+        jobs: dict[str, Any] = {}
+        in_jobs = None
+        if executor is not None and executor.parallel:
+            log_dir = out / "logs" / f"prepare-{key[:12]}"
+            in_jobs = write_in_jobs(pipeline, root, settings, writer, executor, log_dir, progress)
+        if in_jobs is None:
+            written = pipeline.write(root, config, settings, writer, progress)
+        else:
+            written, outcomes = in_jobs
+            jobs = {"executor": executor.kind, "jobs": job_records(outcomes)}
         return writer.commit(
             {
                 "dataset": spec.name,
@@ -270,6 +287,7 @@ def _build_version(
                 "config": settings,
                 "subjects": written.subjects,
                 "mindzoo_version": __version__,
+                **jobs,
             }
         )
 

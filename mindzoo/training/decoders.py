@@ -92,7 +92,7 @@ def decoder_targets(settings: TrainSettings) -> tuple[dict[str, str], str]:
 
 def train_decoder(
     name: str,
-    store_path: Path,
+    store_path: Path | str,
     out: Path | None,
     subjects: list[str] | None = None,
     overrides: list[str] | None = None,

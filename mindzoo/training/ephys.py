@@ -129,7 +129,7 @@ def predict_logits(
 # ---------------------------------------------------------------------------------- run level
 def train_ephys(
     name: str,
-    store_path: Path,
+    store_path: Path | str,
     out: Path,
     subjects: list[str] | None = None,
     overrides: list[str] | None = None,

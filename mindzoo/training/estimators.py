@@ -26,7 +26,7 @@ from mindzoo.training.rundir import describe_run
 
 def fit_estimator(
     name: str,
-    store_path: Path,
+    store_path: Path | str,
     out: Path | None,
     subjects: list[str] | None = None,
     overrides: list[str] | None = None,

@@ -15,9 +15,12 @@ and returns the run directory; the layouts are described in each runner's module
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 
+from mindzoo.datasets.remote import RemotePath, is_url, stage_run, upload_run
+from mindzoo.errors import UserInputError
 from mindzoo.models import get_model_info
 from mindzoo.training.decoders import train_decoder
 from mindzoo.training.diffusion import train_diffusion
@@ -34,23 +37,31 @@ RUNNERS: dict[str, Callable[..., Path]] = {
 
 def train_model(
     name: str,
-    store_path: Path,
-    out: Path | None,
+    store_path: Path | str,
+    out: Path | str | None,
     subjects: list[str] | None = None,
     overrides: list[str] | None = None,
     overwrite: bool = False,
     progress: bool = True,
     resume: bool = False,
-) -> Path:
+) -> Path | RemotePath:
     """Train model ``name`` on the store's training split; returns the run directory.
 
     ``resume`` continues a torch model's run in ``out`` from its newest checkpoint; ``out=None``
-    is for runners that choose their own place (diffusion: the store's cache).
+    is for runners that choose their own place (diffusion: the store's cache). ``store_path``
+    may be an fsspec URL (read remotely); a URL ``out`` is trained in a local staging directory
+    (:func:`~mindzoo.datasets.remote.stage_run`) and uploaded when finished.
     """
     runner = RUNNERS[get_model_info(name).kind]
-    return runner(
+    if out is None and is_url(store_path):
+        raise UserInputError(f"A store at a URL ({store_path}) has no local cache; pass --out")
+    remote_out = str(out) if is_url(out) else None
+    main = os.environ.get("RANK", "0") == "0"
+    if remote_out is not None:  # train in a local staging directory, upload when finished
+        out = stage_run(remote_out, resume=resume, overwrite=overwrite, main=main)
+    run_dir = runner(
         name,
-        Path(store_path),
+        store_path if is_url(store_path) else Path(store_path),
         None if out is None else Path(out),
         subjects,
         overrides or [],
@@ -58,3 +69,8 @@ def train_model(
         progress=progress,
         resume=resume,
     )
+    if remote_out is None:
+        return run_dir
+    if main:
+        upload_run(run_dir, remote_out)
+    return RemotePath(remote_out)

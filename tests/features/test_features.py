@@ -8,6 +8,7 @@ from skimage import data
 
 from mindzoo.errors import UserInputError
 from mindzoo.features import FEATURE_SPACES, compute_features
+from mindzoo.features.batching import padded_batch
 from mindzoo.features.efficientnet_lite import load_efficientnet_lite0, preprocess
 
 IMAGENET_CATS = {281, 282, 283, 284, 285}  # tabby, tiger cat, Persian, Siamese, Egyptian cat
@@ -67,8 +68,11 @@ def test_efficientnet_global_feeds_the_classifier(small_images):
 
 def test_efficientnet_spatial_tokens_are_row_major(small_images):
     features = compute_features("efficientnet-lite0", small_images[:2], progress=False)
+    batch, n_real = padded_batch(small_images[:2], 0, 64)  # what compute_features runs
+    assert (len(batch), n_real) == (16, 2)
     with torch.no_grad():
-        spatial, _ = load_efficientnet_lite0().forward_features(preprocess(small_images[:2]))
+        spatial, _ = load_efficientnet_lite0().forward_features(preprocess(batch))
+    spatial = spatial[:n_real]
     # token 7 is row 1, column 0 of the 7x7 grid
     expected = spatial[:, :, 1, 0].numpy().astype(np.float16)
     np.testing.assert_array_equal(features["spatial"][:, 7], expected)

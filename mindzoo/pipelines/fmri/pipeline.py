@@ -18,6 +18,7 @@ store. Stimuli and their images: :mod:`mindzoo.pipelines.fmri.stimuli`.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import nibabel as nib
@@ -28,12 +29,13 @@ from threadpoolctl import threadpool_limits
 from tqdm.auto import tqdm
 
 from mindzoo.errors import UserInputError
+from mindzoo.executors import job_threads
 from mindzoo.pipelines.fmri.betas import PreparedFMRI, SubjectBetas, zscore_by_session
 from mindzoo.pipelines.fmri.config import FMRIPipelineConfig, under_root
 from mindzoo.pipelines.fmri.events import run_trials
 from mindzoo.pipelines.fmri.glm import fit_single_trial_betas, nuisance_regressors, trial_regressors
 from mindzoo.pipelines.fmri.masks import Voxels, epi_voxels, find_subject_masks, subject_voxels
-from mindzoo.pipelines.fmri.runs import RunPlan, plan_subject, select_runs
+from mindzoo.pipelines.fmri.runs import RunPlan, RunSelection, plan_subject, select_runs
 from mindzoo.pipelines.fmri.sources import SourceFiles
 from mindzoo.pipelines.fmri.stimuli import (
     STIMULI_DIR,
@@ -46,6 +48,71 @@ from mindzoo.pipelines.fmri.stimuli import (
     read_stimuli_table,
     stimuli_folder,
 )
+
+
+@dataclass
+class FMRIPlan:
+    """What every part of a BIDS fMRI prepare needs, found from events and headers only: the
+    selected runs, each subject's run plans, the stimulus catalogue and the files read so far."""
+
+    root: Path
+    config: FMRIPipelineConfig
+    selection: RunSelection
+    plans: dict[str, list[RunPlan]]
+    catalog: StimulusCatalog
+    sources: SourceFiles
+
+    @property
+    def subjects(self) -> list[str]:
+        """BIDS labels of the chosen subjects (``01``), in order."""
+        return list(self.selection.subjects)
+
+
+def plan_bids_fmri(
+    root: Path | str, config: FMRIPipelineConfig, with_images: bool = True
+) -> FMRIPlan:
+    """Check the whole input (headers, sidecars, events, confounds, stimuli) and plan every run,
+    without loading bold data. Cheap enough that each job of a parallel prepare re-plans."""
+    root = Path(root)
+    sources = SourceFiles()
+    selection = select_runs(root, config)
+    stimuli_table = read_stimuli_table(root, config, sources)
+    plans = {
+        subject: plan_subject(subject, selection, config, sources) for subject in selection.subjects
+    }
+    catalog = build_catalog(
+        root, plans, selection.task_runs, stimuli_table, config, sources, with_images
+    )
+    return FMRIPlan(root, config, selection, plans, catalog, sources)
+
+
+def subject_voxels_of(plan: FMRIPlan, subject: str) -> Voxels | None:
+    """The signal-ROI voxels of ``subject`` (None: found from its first run's mean EPI)."""
+    return subject_voxels(plan.root, subject, plan.plans[subject], plan.config, plan.sources)
+
+
+def fit_bids_subject(plan: FMRIPlan, subject: str, progress: bool = True) -> SubjectBetas:
+    """Fit every run of ``subject`` (a BIDS label, ``01``) and assemble its z-scored betas."""
+    voxels = subject_voxels_of(plan, subject)
+    with (
+        threadpool_limits(limits=job_threads(), user_api="blas"),
+        tqdm(
+            total=len(plan.plans[subject]),
+            desc=f"fMRI runs sub-{subject}",
+            unit="run",
+            disable=not progress,
+        ) as bar,
+    ):
+        betas, trials, fitted_voxels = _fit_subject(plan.plans[subject], voxels, plan.config, bar)
+    return _assemble_subject(subject, betas, trials, fitted_voxels, plan.catalog, plan.config)
+
+
+def stimulus_images(plan: FMRIPlan) -> np.ndarray | None:
+    """The catalogue's stimulus images, uint8 ``[n, size, size, 3]`` (None without images)."""
+    if plan.catalog.image_paths is None:
+        return None
+    plan.sources.add(*plan.catalog.image_paths)
+    return load_images(plan.catalog.image_paths, plan.config.image_size)
 
 
 def prepare_bids_fmri(
@@ -61,49 +128,32 @@ def prepare_bids_fmri(
     Checks the whole input (headers, sidecars, events, confounds, masks, stimuli) before
     loading any bold data, so bad input fails in seconds with a :class:`UserInputError`.
     """
-    root = Path(root)
-    sources = SourceFiles()
-    selection = select_runs(root, config)
-    stimuli_table = read_stimuli_table(root, config, sources)
-
-    plans = {
-        subject: plan_subject(subject, selection, config, sources) for subject in selection.subjects
-    }
-    catalog = build_catalog(
-        root, plans, selection.task_runs, stimuli_table, config, sources, with_images
-    )
-    voxels = {
-        subject: subject_voxels(root, subject, plans[subject], config, sources)
-        for subject in selection.subjects
-    }
-
-    n_runs = sum(len(subject_plans) for subject_plans in plans.values())
+    plan = plan_bids_fmri(root, config, with_images)
+    voxels = {subject: subject_voxels_of(plan, subject) for subject in plan.subjects}
+    n_runs = sum(len(subject_plans) for subject_plans in plan.plans.values())
     # A run's GLM is small (frames x trials): multithreaded BLAS only adds start-up and
-    # contention there (0.3 s instead of 0.5 ms per SVD on a busy 2-core machine).
+    # contention there (0.3 s instead of 0.5 ms per SVD on a busy 2-core machine), so a serial
+    # prepare uses one thread; a job of a parallel prepare uses its --cpus (job_threads()).
     with (
-        threadpool_limits(limits=1, user_api="blas"),
+        threadpool_limits(limits=job_threads(), user_api="blas"),
         tqdm(total=n_runs, desc="fMRI runs", unit="run", disable=not progress) as bar,
     ):
         prepared = {}
-        for subject in selection.subjects:
+        for subject in plan.subjects:
             betas, trials, fitted_voxels = _fit_subject(
-                plans[subject], voxels[subject], config, bar
+                plan.plans[subject], voxels[subject], config, bar
             )
             prepared[f"sub-{subject}"] = _assemble_subject(
-                subject, betas, trials, fitted_voxels, catalog, config
+                subject, betas, trials, fitted_voxels, plan.catalog, config
             )
-
-    images = None
-    if catalog.image_paths is not None:
-        images = load_images(catalog.image_paths, config.image_size)
-        sources.add(*catalog.image_paths)
+    images = stimulus_images(plan)
     return PreparedFMRI(
         subjects=prepared,
-        stimulus_ids=catalog.ids,
-        stimulus_labels=catalog.labels,
-        stimulus_splits=catalog.splits,
+        stimulus_ids=plan.catalog.ids,
+        stimulus_labels=plan.catalog.labels,
+        stimulus_splits=plan.catalog.splits,
         images=images,
-        source_files=sources.paths(),
+        source_files=plan.sources.paths(),
     )
 
 

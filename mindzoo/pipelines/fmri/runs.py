@@ -96,7 +96,7 @@ def select_sessions(runs: list[BoldRun], sessions: list[str] | None) -> list[Bol
 
 
 @dataclass
-class _RunSelection:
+class RunSelection:
     """The runs to prepare and the context they were chosen from.
 
     ``task_runs``: every run of the chosen tasks (all subjects and sessions: split inference
@@ -109,7 +109,7 @@ class _RunSelection:
     subjects: list[str]
 
 
-def select_runs(root: Path, config: FMRIPipelineConfig) -> _RunSelection:
+def select_runs(root: Path, config: FMRIPipelineConfig) -> RunSelection:
     if config.input == "fmriprep":
         if not root.is_dir():
             raise UserInputError(f"BIDS root {root} is not a directory; pass the dataset folder")
@@ -126,7 +126,7 @@ def select_runs(root: Path, config: FMRIPipelineConfig) -> _RunSelection:
             f"sub-{without[0]} has no runs in sessions {', '.join(config.sessions or [])}; "
             "choose other subjects or sessions"
         )
-    return _RunSelection(task_runs=task_runs, runs=chosen, subjects=subjects)
+    return RunSelection(task_runs=task_runs, runs=chosen, subjects=subjects)
 
 
 @dataclass
@@ -143,7 +143,7 @@ class RunPlan:
 
 
 def plan_subject(
-    subject: str, selection: _RunSelection, config: FMRIPipelineConfig, sources: SourceFiles
+    subject: str, selection: RunSelection, config: FMRIPipelineConfig, sources: SourceFiles
 ) -> list[RunPlan]:
     """Check every chosen run of one subject and select its trials; runs without trials go."""
     runs = [run for run in selection.runs if run.subject == subject]
