@@ -130,3 +130,20 @@ def test_bad_grid_is_one_line(
     lines = error_lines(capsys.readouterr().err)
     assert len(lines) == 1 and message in lines[0]
     assert not (tmp_path / "o").exists()
+
+
+def test_example_grid_plans_and_dry_runs(
+    shared_tiny_store: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    example = (
+        Path(__file__).resolve().parents[2] / "configs/experiments/synthetic-fmri-baselines.yaml"
+    )
+    spec = yaml.safe_load(example.read_text())
+    spec["stores"] = {"synth": str(shared_tiny_store)}
+    grid = tmp_path / "example.yaml"
+    grid.write_text(yaml.safe_dump(spec))
+    assert cli("evaluate", "--grid", str(grid), "--out", str(tmp_path / "o"), "--dry-run") == 0
+    listing = " ".join(capsys.readouterr().out.split())
+    assert listing.count("todo") == 3 + 3 * 2  # 3 train tasks, 3 runs x 2 subjects
+    assert "6 cells to run; no finished cell to estimate from yet" in listing
+    assert not (tmp_path / "o").exists()  # a dry run writes nothing
