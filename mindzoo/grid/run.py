@@ -5,6 +5,7 @@ Output directory::
     OUT/grid.json        the checked grid and its plan (cells with their keys)
     OUT/runs/<run>-<store>-<key8>/   runs trained from the grid's train configs
     OUT/cells/<key>/     one finished cell: result.json (its row) and its eval/reconstruct output
+    OUT/trains.json      each train task's wall time, peak memory, attempts and log
     OUT/logs/            one log per job (local) or submitit's logs (Slurm)
     OUT/results.csv, results.parquet, results.md, figures/*.png
 
@@ -82,6 +83,7 @@ def run_grid(
             progress,
             "grid-train",
         )
+        _record_trains(plan, trains, outcomes)
         for task, outcome in zip(trains, outcomes, strict=True):
             if not outcome.ok:
                 failed_trains.add(task.key)
@@ -117,6 +119,28 @@ def run_grid(
     frame = gather(plan)
     summary.outputs = write_results(plan, frame, summary.failures)
     return summary
+
+
+def _record_trains(plan: GridPlan, trains: list[Any], outcomes: list[Any]) -> None:
+    """``OUT/trains.json``: each train task's wall time, peak memory, attempts, log and Slurm
+    id (merged with the records of earlier runs of the grid)."""
+    path = plan.out / "trains.json"
+    records = json.loads(path.read_text()) if path.is_file() else {}
+    for task, outcome in zip(trains, outcomes, strict=True):
+        records[task.key] = {
+            "name": outcome.name,
+            "run_dir": task.run_dir,
+            "ok": outcome.ok,
+            "error": outcome.error,
+            "wall_s": round(outcome.wall_s, 3),
+            "peak_rss_mb": round(outcome.peak_rss_mb, 1),
+            "attempts": outcome.attempts,
+            "log": str(outcome.log) if outcome.log else None,
+            "job_id": outcome.job_id,
+        }
+    tmp = path.with_name(".trains.json.tmp")
+    tmp.write_text(json.dumps(records, indent=2))
+    tmp.replace(path)
 
 
 def _cell_name(cell: Any) -> str:

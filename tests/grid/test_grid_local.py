@@ -65,6 +65,12 @@ def test_grid_table_equals_direct_evaluation(
     # the two ridge penalties give different numbers: the cells are not copies of each other
     other = table[table["run"] == "ridge-b"].set_index("subject")
     assert (other[f"feature_corr.{space}"] != mine[f"feature_corr.{space}"]).all()
+    trains = json.loads((grid_run / "out" / "trains.json").read_text())
+    assert sorted(t["name"] for t in trains.values()) == [
+        "train-ridge-a-tiny",
+        "train-ridge-b-tiny",
+    ]
+    assert all(t["ok"] and t["wall_s"] > 0 and t["peak_rss_mb"] > 50 for t in trains.values())
     md = (grid_run / "out" / "results.md").read_text()
     assert "4 of 4 cells finished; 0 failed." in md
     figures = sorted(p.name for p in (grid_run / "out" / "figures").iterdir())
