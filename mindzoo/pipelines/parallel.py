@@ -45,10 +45,10 @@ def write_in_jobs(
     Returns what was written and every job's outcome (wall time, peak memory, log).
     """
     config = pipeline.config_cls(**settings["pipeline"])
-    writer.root.require_group("subjects")  # the parent group exists before jobs add to it
     units = pipeline.parallel_units(root, config, settings, writer, executor.workers)
     if units is None:
         return None
+    writer.root.require_group("subjects")  # the parent group exists before jobs add to it
     items = [(pipeline.name, str(root), settings, str(writer.tmp_dir), unit) for unit in units]
     outcomes = run_jobs(prepare_job, items, units, executor, log_dir, progress, "prepare")
     failed = [o for o in outcomes if not o.ok]
