@@ -10,6 +10,7 @@ affine, volume shape and space as attributes).
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,12 @@ from mindzoo.pipelines.fmri import (
     input_files,
     prepare_bids_fmri,
 )
-from mindzoo.pipelines.fmri.pipeline import fit_bids_subject, plan_bids_fmri, stimulus_images
+from mindzoo.pipelines.fmri.pipeline import (
+    FMRIPlan,
+    fit_bids_subject,
+    plan_bids_fmri,
+    stimulus_images,
+)
 from mindzoo.pipelines.fmri.stimuli import load_images
 from mindzoo.pipelines.nsd import NSDConfig, prepare_nsd_mirror
 
@@ -135,7 +141,8 @@ class BidsFMRIPipeline(Pipeline):
                 writer.create_features(
                     space, {k: ((n, *v.shape[1:]), v.dtype.str) for k, v in one.items()}
                 )
-            units += [f"{FEATURES_UNIT}{a}:{b}" for a, b in feature_slices(n, workers)]
+            # the long feature jobs first, so that the short ones fill the other workers
+            units = [f"{FEATURES_UNIT}{a}:{b}" for a, b in feature_slices(n, workers)] + units
         return units
 
     def write_unit(
@@ -147,7 +154,7 @@ class BidsFMRIPipeline(Pipeline):
         unit: str,
         progress: bool,
     ) -> list[str]:
-        plan = plan_bids_fmri(root, config, bool(settings["features"]))
+        plan = _job_plan(str(root), config.model_dump_json(), bool(settings["features"]))
         if unit == STIMULI_UNIT:
             images = stimulus_images(plan)
             catalog = plan.catalog
@@ -164,6 +171,14 @@ class BidsFMRIPipeline(Pipeline):
         if unit in (STIMULI_UNIT,) or unit.startswith(FEATURES_UNIT):
             plan.sources.add(*(plan.catalog.image_paths or []))
         return [str(path) for path in plan.sources.paths()]
+
+
+@functools.lru_cache(maxsize=2)
+def _job_plan(root: str, config_json: str, with_images: bool) -> FMRIPlan:
+    """The plan of a parallel prepare, made once per worker process (a worker runs several
+    units of the same prepare)."""
+    config = FMRIPipelineConfig.model_validate_json(config_json)
+    return plan_bids_fmri(Path(root), config, with_images)
 
 
 STIMULI_UNIT = "stimuli"

@@ -29,7 +29,7 @@ def test_parallel_prepare_writes_the_serial_bytes(tmp_path: Path) -> None:
     assert a["source"]["n_files_read"] == b["source"]["n_files_read"]
     names = [job["name"] for job in b["jobs"]]
     n_stimuli = len(TensorStore.open(parallel).stimulus_ids)
-    assert names == ["stimuli", "sub-01", "sub-02", f"features:0:{n_stimuli}"]
+    assert names == [f"features:0:{n_stimuli}", "stimuli", "sub-01", "sub-02"]
     assert all(job["wall_s"] > 0 and 50 < job["peak_rss_mb"] < 8000 for job in b["jobs"])
     assert "jobs" not in a
     metrics = json.loads((parallel / "metrics.json").read_text())
