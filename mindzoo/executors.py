@@ -179,8 +179,15 @@ def measured_call(fn: Callable[..., Any], args: tuple, cpus: int) -> dict[str, A
     return {"value": value, "wall_s": time.perf_counter() - start, "peak_rss_mb": peak_rss_mb()}
 
 
-def _local_job(fn: Callable[..., Any], args: tuple, cpus: int, log: str) -> dict[str, Any]:
-    """A local worker's job: stdout/stderr (file descriptors too) into ``log``; errors as text."""
+def _local_job(
+    fn: Callable[..., Any], args: tuple, cpus: int, log: str, environ: dict[str, str]
+) -> dict[str, Any]:
+    """A local worker's job: stdout/stderr (file descriptors too) into ``log``; errors as text.
+
+    ``environ`` is the submitting process's environment at submission (the forkserver's own is
+    that of its start, which may be older)."""
+    os.environ.clear()
+    os.environ.update(environ)
     with open(log, "ab", buffering=0) as handle, _redirected(handle.fileno()):
         try:
             return measured_call(fn, args, cpus)
@@ -284,7 +291,8 @@ def _run_local(
         for i in todo:
             log = log_dir / f"{_safe(outcomes[i].name)}.log"
             outcomes[i].log = log
-            futures[pool.submit(_local_job, fn, items[i], cpus, str(log))] = i
+            job = pool.submit(_local_job, fn, items[i], cpus, str(log), dict(os.environ))
+            futures[job] = i
         try:
             from concurrent.futures import as_completed
 

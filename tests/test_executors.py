@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import pytest
+
 from mindzoo.executors import ExecutorSettings, parse_slurm_set, run_jobs, slurm_parameters
 
 
@@ -14,7 +16,12 @@ def square_or_fail(x: int, marker: str) -> dict:
         Path(marker).touch()
         raise ValueError("three fails once")
     print(f"job {x} threads {os.environ['OMP_NUM_THREADS']}")
-    return {"x": x * x, "pid": os.getpid(), "threads": os.environ["MINDZOO_JOB_THREADS"]}
+    return {
+        "x": x * x,
+        "pid": os.getpid(),
+        "threads": os.environ["MINDZOO_JOB_THREADS"],
+        "marker": os.environ.get("MINDZOO_TEST_MARKER"),
+    }
 
 
 def allocate(mib: int) -> int:
@@ -32,7 +39,9 @@ def test_each_job_reports_its_own_peak_memory(tmp_path: Path) -> None:
     assert big.peak_rss_mb > small.peak_rss_mb + 300  # the same worker, its peak reset per job
 
 
-def test_local_jobs_run_in_worker_processes_and_retry(tmp_path: Path) -> None:
+def test_local_jobs_run_in_worker_processes_and_retry(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     marker = str(tmp_path / "marker")
     items = [(x, marker) for x in range(1, 5)]
     names = [f"job-{x}" for x in range(1, 5)]
@@ -47,6 +56,7 @@ def test_local_jobs_run_in_worker_processes_and_retry(tmp_path: Path) -> None:
     assert all(o.value["threads"] == "1" for o in first if o.ok)
     assert "job 2 threads 1" in (tmp_path / "logs" / "job-2.log").read_text()
     (tmp_path / "marker").unlink()
+    monkeypatch.setenv("MINDZOO_TEST_MARKER", "set after the first pool")  # after the server
     retried = run_jobs(
         square_or_fail,
         items,
@@ -57,6 +67,7 @@ def test_local_jobs_run_in_worker_processes_and_retry(tmp_path: Path) -> None:
     )
     assert [o.value["x"] for o in retried] == [1, 4, 9, 16]
     assert [o.attempts for o in retried] == [1, 1, 2, 1]
+    assert {o.value["marker"] for o in retried} == {"set after the first pool"}
     assert all(o.wall_s >= 0 and o.peak_rss_mb > 5 for o in retried)
 
 
