@@ -336,6 +336,9 @@ def bench_grid(
             f"  {name}: {rows[-1]['s_per_cell']:.2f} s per cell (stage {stage['seconds']:.1f} s, "
             f"run_grid {total:.1f} s, {summary.ran} ran, {len(summary.failures)} failed)"
         )
+        if summary.failures:  # a way whose cells failed measured nothing: say so, loudly
+            first = summary.failures[0]
+            raise SystemExit(f"{name}: {len(summary.failures)} cells failed, e.g. {first}")
 
     executor_way("local-jobs1", ExecutorSettings(jobs=1))
     executor_way("local-jobs2", ExecutorSettings(jobs=2))
