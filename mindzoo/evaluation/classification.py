@@ -92,7 +92,7 @@ def _mean(per_subject: dict[str, dict[str, float]]) -> dict[str, float]:
 
 def evaluate_ephys_run(run_dir: Path, config: dict[str, Any], out: Path) -> dict[str, Any]:
     """Score an ephys run; writes ``out``/metrics.json, report.md and confusion PNGs."""
-    store = TensorStore.open(Path(config["store"]))
+    store = TensorStore.open(config["store"])  # a directory or a URL
     if store.manifest["config_hash"] != config["store_config_hash"]:
         raise UserInputError(
             f"Store {config['store']} changed since run {run_dir} was trained "

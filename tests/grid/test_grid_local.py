@@ -153,3 +153,31 @@ def test_example_grid_plans_and_dry_runs(
     assert listing.count("todo") == 3 + 3 * 2  # 3 train tasks, 3 runs x 2 subjects
     assert "6 cells to run; no finished cell to estimate from yet" in listing
     assert not (tmp_path / "o").exists()  # a dry run writes nothing
+
+
+def test_grid_scores_an_ephys_run_per_subject(tmp_path: Path) -> None:
+    from factories.ephys import write_ephys_store
+
+    store = write_ephys_store(tmp_path / "ephys", seed=5)
+    sets_ = ["trainer.epochs=3", "trainer.batch_size=16"]
+    grid = tmp_path / "ephys.yaml"
+    grid.write_text(
+        yaml.safe_dump(
+            {
+                "name": "ephys",
+                "stores": {"ephys": str(store)},
+                "runs": {"eegnet": {"train": {"model": "eegnet", "sets": sets_}}},
+            }
+        )
+    )
+    assert cli("evaluate", "--grid", str(grid), "--out", str(tmp_path / "out"), "--jobs", "2") == 0
+    table = pd.read_csv(tmp_path / "out" / "results.csv").set_index("subject")
+    run_dir = next((tmp_path / "out" / "runs").iterdir())
+    direct = json.loads((run_dir / "metrics.json").read_text())
+    assert cli("evaluate", str(run_dir)) == 0
+    scores = json.loads((run_dir / "eval" / "metrics.json").read_text())["subjects"]
+    assert sorted(table.index) == sorted(scores) and len(scores) >= 2
+    accuracy = next(k for k in next(iter(scores.values())) if "accuracy" in k)
+    for subject, row in scores.items():
+        assert table.loc[subject, accuracy] == pytest.approx(row[accuracy], abs=1e-12)
+    assert direct  # the run finished (metrics.json is written last)
