@@ -23,7 +23,9 @@ def register(app: typer.Typer) -> None:
         checkpoint: Path = typer.Argument(
             ..., help="Run directory of `train` (or one of its checkpoints/step-*)."
         ),
-        store: Path = typer.Option(..., help="Store holding the new subject."),
+        store: str = typer.Option(
+            ..., help="Store holding the new subject (a directory or URL: s3://bucket/store)."
+        ),
         subject: str = typer.Option(..., help="The new subject, e.g. sub-04 or 04."),
         n_trials: int | None = typer.Option(
             None, help="Use the subject's first N training trials (acquisition order)."

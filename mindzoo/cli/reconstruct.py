@@ -42,7 +42,9 @@ def register(app: typer.Typer) -> None:
     @app.command()
     def reconstruct(
         run_dir: Path = typer.Argument(..., help="Run directory written by `train` (a decoder)."),
-        store: Path = typer.Option(..., help="Store directory the run was trained on."),
+        store: str = typer.Option(
+            ..., help="Store the run was trained on (a directory or URL: s3://bucket/store)."
+        ),
         out: Path = typer.Option(..., help="Output directory (must not exist or be empty)."),
         backend: str = typer.Option("embedded", help=_backend_help()),
         weights: Path | None = typer.Option(

@@ -147,8 +147,14 @@ def _resolve_weights(
     """The embedded backend defaults to the store's cached default-settings model."""
     if weights is not None or name != "embedded":
         return weights, None
+    from mindzoo.datasets.remote import is_url
     from mindzoo.reconstruction.embedded import cached_weights
 
+    if is_url(str(store.path)):
+        raise UserInputError(
+            f"Store {store.path} is at a URL and has no local diffusion cache; pass --weights DIR "
+            "(the --out of `braindecode-cli train diffusion`)"
+        )
     cached = cached_weights(store)
     if not (cached / "model.safetensors").is_file():
         root = store.path.parent.parent
@@ -161,7 +167,7 @@ def _resolve_weights(
 
 def reconstruct_run(
     run_dir: Path,
-    store_path: Path,
+    store_path: Path | str,
     out: Path,
     backend: str = "embedded",
     weights: Path | None = None,

@@ -213,7 +213,7 @@ def _source_subjects(store: TensorStore, model: FMRIDecoder, new: str) -> list[s
 
 def adapt_model(
     checkpoint: Path,
-    store_path: Path,
+    store_path: Path | str,
     subject: str,
     out: Path,
     n_trials: int | None = None,

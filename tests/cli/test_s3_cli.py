@@ -151,3 +151,26 @@ def test_bad_urls_are_one_line(s3: S3Server, capsys: pytest.CaptureFixture[str])
     ]
     assert cli("verify", s3.url("nothing")) == 2
     assert "No store at s3://" in capsys.readouterr().err
+
+
+def test_reconstruct_reads_a_store_at_a_url(
+    s3_store: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A local ridge run of the S3 store reconstructs from it with --weights (a diffusion model
+    trained from the S3 store); without weights the missing local cache is one line."""
+    run = tmp_path / "ridge"
+    assert cli("train", "ridge", "--store", s3_store, "--out", str(run), *RIDGE) == 0
+    out = tmp_path / "recon"
+    assert cli("reconstruct", str(run), "--store", s3_store, "--out", str(out)) == 2
+    assert "has no local diffusion cache; pass --weights" in capsys.readouterr().err
+    weights = tmp_path / "diffusion"
+    small = ["model.image_size=16", "model.channels=[16,32]", "model.norm_groups=8"]
+    small += ["model.attention_head_dim=8", "trainer.steps=5", "trainer.batch_size=8"]
+    assert cli("train", "diffusion", "--store", s3_store, "--out", str(weights), *sets(small)) == 0
+    args = ["reconstruct", str(run), "--store", s3_store, "--out", str(out), "--steps", "2"]
+    assert cli(*args, "--weights", str(weights), "--subjects", "01") == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert list(metrics["subjects"]) == ["sub-01"]
+    n_test = len(TensorStore.open(s3_store).split("sub-01", "test", average_repeats=True)[1])
+    assert len(list((out / "images" / "sub-01").iterdir())) == n_test
+    assert metrics["subjects"]["sub-01"]["real"]["SSIM"] > 0
