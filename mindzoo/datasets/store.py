@@ -68,6 +68,14 @@ def find_version(store_dir: Path, config_hash: str) -> Path | None:
     return None
 
 
+def finished_versions(store_dir: Path) -> list[Path]:
+    """The versions of ``store_dir`` that have a manifest (finished and published)."""
+    versions = Path(store_dir) / "versions"
+    if not versions.is_dir():
+        return []
+    return sorted(p for p in versions.iterdir() if (p / MANIFEST).is_file())
+
+
 def set_current(store_dir: Path, version_dir: Path) -> None:
     """Point `store_dir/CURRENT` at `version_dir` (atomic replace)."""
     tmp = Path(store_dir) / f".{CURRENT}.{uuid.uuid4().hex}"
@@ -180,7 +188,7 @@ class StoreWriter:
     def __exit__(self, exc_type, exc, tb) -> None:
         if self._committed is None:
             shutil.rmtree(self.tmp_dir, ignore_errors=True)
-            if self._created_store_dir:
+            if self._created_store_dir and not finished_versions(self.store_dir):
                 shutil.rmtree(self.store_dir, ignore_errors=True)
 
     def write_stimuli(

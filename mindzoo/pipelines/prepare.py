@@ -15,19 +15,27 @@ from __future__ import annotations
 
 import hashlib
 import os
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from filelock import FileLock, Timeout
 from pydantic import BaseModel, ConfigDict, field_validator
 
 from mindzoo import __version__
 from mindzoo.config import apply_overrides, config_hash, validate
 from mindzoo.datasets import catalog, datalad_source
 from mindzoo.datasets.catalog import DatasetSpec, get_dataset
-from mindzoo.datasets.store import SCHEMA_VERSION, StoreWriter, find_version, set_current
+from mindzoo.datasets.store import (
+    SCHEMA_VERSION,
+    StoreWriter,
+    find_version,
+    finished_versions,
+    set_current,
+)
 from mindzoo.errors import UserInputError
 from mindzoo.executors import ExecutorSettings
 from mindzoo.features import FEATURE_SPACES
@@ -187,6 +195,52 @@ def prepare_dataset(
         )
     settings = resolve_settings(spec, overrides or [], seed, subjects, sessions)
     out = Path(out)
+    with store_lock(out):
+        return _prepare_locked(spec, out, source, settings, progress, executor, start=start)
+
+
+def store_lock(out: Path) -> FileLock:
+    """The lock that serialises writers of the store ``out`` (a hidden file beside it, so that
+    it outlives the removal of a store a failed prepare created). A second ``prepare`` of the
+    same store waits for the first, saying so in one line, then finds its version or builds
+    the next one."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(out.parent / f".{out.name}.lock"))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        print(
+            f"waiting for another prepare of {out} to finish (lock {lock.lock_file})",
+            file=sys.stderr,
+        )
+        lock.acquire()
+    return _Held(lock)
+
+
+class _Held:
+    """A lock acquired already, released on leaving the ``with`` block."""
+
+    def __init__(self, lock: FileLock) -> None:
+        self.lock = lock
+
+    def __enter__(self) -> FileLock:
+        return self.lock
+
+    def __exit__(self, *exc: object) -> None:
+        self.lock.release()
+
+
+def _prepare_locked(
+    spec: DatasetSpec,
+    out: Path,
+    source: str | Path | None,
+    settings: dict[str, Any],
+    progress: bool,
+    executor: ExecutorSettings | None,
+    start: float,
+) -> PrepareResult:
+    """:func:`prepare_dataset` holding the store's lock."""
+    name = spec.name
     created = not out.exists()
     try:
         raw = _resolve_source(spec, source, settings, out, progress)
@@ -210,7 +264,7 @@ def prepare_dataset(
         version = _build_version(spec, root, settings, raw.provenance, key, out, progress, executor)
     except BaseException:
         if created:
-            _remove_all_but_clones(out)
+            _remove_unfinished(out)
         raise
     return PrepareResult(version, False, time.perf_counter() - start, key)
 
@@ -237,10 +291,13 @@ def _outside_folders(pipeline: dict[str, Any]) -> list[str]:
     return sorted(folders)
 
 
-def _remove_all_but_clones(out: Path) -> None:
-    """Remove a store directory a failed prepare created, keeping DataLad clones in its cache."""
+def _remove_unfinished(out: Path) -> None:
+    """Remove a store directory a failed prepare created, keeping DataLad clones in its cache
+    and never a finished version (one with a manifest) that may have appeared there."""
     cache = out / datalad_source.CACHE_DIR
     clones = [p for p in cache.iterdir() if (p / ".git").exists()] if cache.is_dir() else []
+    if finished_versions(out):
+        return  # not only ours any more: leave it (the failed version's temp dir is gone)
     if not clones:
         datalad_source.remove_tree(out)
         return
