@@ -12,8 +12,6 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from mindzoo.training.adapt import adapt_model
-
 console = Console()
 
 
@@ -39,6 +37,8 @@ def register(app: typer.Typer) -> None:
         ),
     ) -> None:
         """Adapt a pre-trained decoder to a new subject; writes a run that `evaluate` reads."""
+        from mindzoo.training.adapt import adapt_model  # torch: not for --help
+
         out = out or Path("runs") / f"adapt-{subject}-{time.strftime('%Y%m%d-%H%M%S')}"
         run_dir = adapt_model(checkpoint, store, subject, out, n_trials, fraction, sets)
         console.print(f"adapted to {subject}: {run_dir} (next: braindecode-cli evaluate {run_dir})")

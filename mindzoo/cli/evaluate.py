@@ -11,8 +11,6 @@ from rich.table import Table
 from mindzoo.cli import cluster
 from mindzoo.datasets import remote
 from mindzoo.errors import UserInputError
-from mindzoo.evaluation.classification import EPHYS_KINDS, ephys_table
-from mindzoo.evaluation.run import evaluate_run
 from mindzoo.executors import ExecutorSettings
 
 console = Console()
@@ -20,6 +18,8 @@ console = Console()
 
 def metrics_table(metrics: dict) -> Table:
     """Subjects x main metrics as a rich table (the feature space goes in the title)."""
+    from mindzoo.evaluation.classification import EPHYS_KINDS, ephys_table
+
     if metrics.get("kind") in EPHYS_KINDS:
         return ephys_table(metrics)
     first = next(iter(metrics["subjects"].values()))
@@ -124,6 +124,8 @@ def register(app: typer.Typer) -> None:
                 "Missing RUN_DIR: the --out of `braindecode-cli train` (or --grid)"
             )
         local = remote.fetch_run(run_dir) if remote.is_url(run_dir) else Path(run_dir)
+        from mindzoo.evaluation.run import evaluate_run  # torch: not for --help
+
         metrics = evaluate_run(local, out)
         report = (out or local / "eval") / "report.md"
         if remote.is_url(run_dir) and out is None:  # the report goes back beside the run

@@ -6,9 +6,6 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from mindzoo.models import count_parameters, create_model, list_models
-from mindzoo.models.base import REFERENCE_N_VOXELS, REFERENCE_TARGET_SHAPES
-
 console = Console()
 
 
@@ -16,6 +13,9 @@ def register(app: typer.Typer) -> None:
     @app.command()
     def models() -> None:
         """List the models `train` knows, with their parameter counts where fixed."""
+        from mindzoo.models import count_parameters, create_model, list_models
+        from mindzoo.models.base import REFERENCE_N_VOXELS, REFERENCE_TARGET_SHAPES
+
         voxels = sum(REFERENCE_N_VOXELS.values())
         targets = ", ".join(f"{k} {list(v)}" for k, v in REFERENCE_TARGET_SHAPES.items())
         table = Table(

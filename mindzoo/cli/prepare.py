@@ -13,7 +13,6 @@ from mindzoo.datasets import remote
 from mindzoo.datasets.store import TensorStore
 from mindzoo.errors import UserInputError
 from mindzoo.executors import ExecutorSettings
-from mindzoo.pipelines.prepare import prepare_dataset
 
 console = Console()
 
@@ -60,6 +59,8 @@ def run_prepare(
 ) -> TensorStore:
     """Prepare, print what happened and write `out/metrics.json`; returns the opened store.
     A URL ``out`` (``s3://bucket/store``) is prepared in a local staging store and published."""
+    from mindzoo.pipelines.prepare import prepare_dataset  # torch: not for --help
+
     local = remote.staging_store(out) if remote.is_url(out) else Path(out)
     result = prepare_dataset(
         dataset,

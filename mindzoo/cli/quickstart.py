@@ -18,10 +18,7 @@ from rich.console import Console
 from mindzoo.cli.evaluate import metrics_table
 from mindzoo.cli.prepare import run_prepare
 from mindzoo.cli.reconstruct import reconstruction_table
-from mindzoo.evaluation.run import evaluate_run
 from mindzoo.reconstruction import GenerationSettings
-from mindzoo.reconstruction.run import reconstruct_run
-from mindzoo.training.run import train_model
 
 console = Console()
 
@@ -47,6 +44,10 @@ def run_quickstart(
     (`train brain-it --set`), ``diffusion_sets`` the diffusion model's (`train diffusion --set`);
     ``steps`` is the number of denoising steps.
     """
+    from mindzoo.evaluation.run import evaluate_run
+    from mindzoo.reconstruction.run import reconstruct_run
+    from mindzoo.training.run import train_model
+
     timings = {}
     start = time.perf_counter()
     store = out / "store"

@@ -10,7 +10,6 @@ from rich.table import Table
 
 from mindzoo.cli.train import split_subjects
 from mindzoo.reconstruction import GenerationSettings, list_backends
-from mindzoo.reconstruction.run import reconstruct_run
 
 console = Console()
 
@@ -74,6 +73,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Generate images from a run's test predictions; PNGs, grid.png and metrics.json."""
         from mindzoo.features.backbones import parse_metric_weights
+        from mindzoo.reconstruction.run import reconstruct_run
 
         settings = GenerationSettings(
             steps=steps, guidance=guidance, seed=seed, strength=strength, batch_size=batch_size

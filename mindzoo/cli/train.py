@@ -17,8 +17,6 @@ from rich.console import Console
 from mindzoo.cli import cluster
 from mindzoo.errors import UserInputError
 from mindzoo.executors import ExecutorSettings
-from mindzoo.models import get_model_info
-from mindzoo.training.run import train_model
 
 console = Console()
 
@@ -95,6 +93,9 @@ def register(app: typer.Typer) -> None:
 
         With --executor slurm the same command runs as one Slurm job (accelerate across its
         --gpus), requeued with --resume when it is preempted or times out."""
+        from mindzoo.models import get_model_info
+        from mindzoo.training.run import train_model  # torch: not for --help
+
         if resume and out is None:
             raise UserInputError("--resume needs --out: the run directory to continue")
         diffusion = get_model_info(model).kind == "diffusion"  # defaults to the store's cache
