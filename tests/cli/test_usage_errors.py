@@ -32,3 +32,17 @@ def test_usage_errors_are_one_line_exit_2(
 def test_version(capsys: pytest.CaptureFixture[str]) -> None:
     assert cli("--version") == 0
     assert capsys.readouterr().out.strip() == f"mindzoo {__version__}"
+
+
+def test_help_does_not_import_torch() -> None:
+    """`--help` and the command table load without torch (it takes seconds to import)."""
+    import subprocess
+    import sys
+
+    code = "import sys, mindzoo.cli.app; print(sorted(m for m in ('torch', 'zarr') if m in sys.modules))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert "torch" not in done.stdout, done.stdout
+    helped = subprocess.run(
+        [sys.executable, "-m", "mindzoo", "train", "--help"], capture_output=True, text=True
+    )
+    assert helped.returncode == 0 and "--executor" in helped.stdout
