@@ -22,8 +22,9 @@ console = Console()
 
 
 def split_subjects(values: list[str]) -> list[str]:
-    """`--subjects 01,02 --subjects sub-03` -> ["01", "02", "sub-03"]."""
-    return [s for v in values for s in v.split(",") if s]
+    """`--subjects 01,02 --subjects sub-03` -> ["01", "02", "sub-03"]; spaces around a label
+    (`"01, 02"`) are dropped."""
+    return [s.strip() for v in values for s in v.split(",") if s.strip()]
 
 
 def _submit(

@@ -24,6 +24,7 @@ The output directory appears atomically (built in a hidden sibling, then renamed
 from __future__ import annotations
 
 import json
+import math
 import re
 import time
 from pathlib import Path
@@ -293,6 +294,11 @@ def reconstruct_run(
 
 
 def _check_settings(settings: GenerationSettings) -> None:
+    if not (math.isfinite(settings.guidance) and math.isfinite(settings.strength)):
+        raise UserInputError(
+            f"--guidance and --strength must be finite numbers (got {settings.guidance}, "
+            f"{settings.strength})"
+        )
     if settings.steps < 1 or settings.batch_size < 1 or settings.guidance < 0:
         raise UserInputError(
             f"Need --steps >= 1, --batch-size >= 1 and --guidance >= 0 (got {settings.steps}, "

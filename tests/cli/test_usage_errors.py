@@ -46,3 +46,24 @@ def test_help_does_not_import_torch() -> None:
         [sys.executable, "-m", "mindzoo", "train", "--help"], capture_output=True, text=True
     )
     assert helped.returncode == 0 and "--executor" in helped.stdout
+
+
+def test_subject_lists_drop_spaces() -> None:
+    from mindzoo.cli.train import split_subjects
+
+    assert split_subjects(["01, 02", " sub-03 ,"]) == ["01", "02", "sub-03"]
+
+
+@pytest.mark.parametrize("value", ["nan", "inf"])
+def test_reconstruct_refuses_a_non_finite_guidance(
+    value: str, shared_tiny_store, tmp_path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run = tmp_path / "ridge"
+    store = str(shared_tiny_store)
+    assert cli("train", "ridge", "--store", store, "--out", str(run), "--subjects", "01") == 0
+    out = tmp_path / "recon"
+    args = ["reconstruct", str(run), "--store", store, "--out", str(out), "--guidance", value]
+    assert cli(*args) == 2
+    lines = error_lines(capsys.readouterr().err)
+    assert lines == [f"error: --guidance and --strength must be finite numbers (got {value}, 0.75)"]
+    assert not out.exists()
