@@ -270,6 +270,7 @@ def sacct_from_jobcomp(argv: list[str]) -> int:
         sys.stderr.write(proc.stderr)
         return proc.returncode
     array_ids = _array_task_ids(jobcomp)
+    live = _queued_states()
     names = [name.split("%")[0].strip().lower() for name in fields.split(",")]
     lines = proc.stdout.splitlines()
     if header and lines:
@@ -282,8 +283,25 @@ def sacct_from_jobcomp(argv: list[str]) -> int:
         values = [
             job_id if name == "jobid" else value for name, value in zip(names, values, strict=False)
         ]
+        if job_id in live and "state" in names:
+            # A requeued job's first run is in the completion log (FAILED or REQUEUED) while the
+            # job waits or runs again; accounting would show its newest state, so does this.
+            values[names.index("state")] = live[job_id]
         print("|".join(values))
     return 0
+
+
+def _queued_states() -> dict[str, str]:
+    """{job id ("ID" or "ARRAYID_TASK"): state} of the jobs in the queue now."""
+    proc = subprocess.run(
+        ["squeue", "-h", "-r", "--states=all", "-o", "%i|%T"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if proc.returncode != 0:
+        return {}
+    return dict(line.split("|", 1) for line in proc.stdout.splitlines() if "|" in line)
 
 
 def _array_task_ids(jobcomp: Path) -> dict[str, str]:
