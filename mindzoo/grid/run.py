@@ -38,15 +38,10 @@ class GridSummary:
     outputs: dict[str, Path] = field(default_factory=dict)
 
 
-def default_out(grid_file: Path, name: str) -> Path:
-    """``grids/<name>`` next to where the command runs."""
-    return Path("grids") / name
-
-
 def load_plan(grid_file: Path, out: Path | None) -> GridPlan:
     """Read ``grid_file`` and plan it under ``out`` (default ``grids/<name>``)."""
     spec = load_grid(grid_file)
-    return plan_grid(spec, out if out is not None else default_out(grid_file, spec.name))
+    return plan_grid(spec, out if out is not None else Path("grids") / spec.name)
 
 
 def _failure(kind: str, name: str, error: str | None, log: Path | None) -> dict[str, Any]:

@@ -17,7 +17,8 @@ import hashlib
 import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -199,10 +200,11 @@ def prepare_dataset(
         return _prepare_locked(spec, out, source, settings, progress, executor, start=start)
 
 
-def store_lock(out: Path) -> FileLock:
-    """The lock that serialises writers of the store ``out`` (a hidden file beside it, so that
-    it outlives the removal of a store a failed prepare created). A second ``prepare`` of the
-    same store waits for the first, saying so in one line, then finds its version or builds
+@contextmanager
+def store_lock(out: Path) -> Iterator[FileLock]:
+    """Hold the lock that serialises writers of the store ``out`` (a hidden file beside it, so
+    that it outlives the removal of a store a failed prepare created). A second ``prepare`` of
+    the same store waits for the first, saying so in one line, then finds its version or builds
     the next one."""
     out.parent.mkdir(parents=True, exist_ok=True)
     lock = FileLock(str(out.parent / f".{out.name}.lock"))
@@ -214,20 +216,10 @@ def store_lock(out: Path) -> FileLock:
             file=sys.stderr,
         )
         lock.acquire()
-    return _Held(lock)
-
-
-class _Held:
-    """A lock acquired already, released on leaving the ``with`` block."""
-
-    def __init__(self, lock: FileLock) -> None:
-        self.lock = lock
-
-    def __enter__(self) -> FileLock:
-        return self.lock
-
-    def __exit__(self, *exc: object) -> None:
-        self.lock.release()
+    try:
+        yield lock
+    finally:
+        lock.release()
 
 
 def _prepare_locked(
