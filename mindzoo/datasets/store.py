@@ -45,12 +45,24 @@ import zarr
 
 from mindzoo import __version__
 from mindzoo.datasets import remote
+from mindzoo.datasets.arrays import (
+    _TRIAL_CHUNK,
+    SPLITS,
+    _dimension_names,
+    _write_array,
+    read_table,
+    write_table,
+)
 from mindzoo.datasets.remote import CURRENT, MANIFEST, RemotePath, is_url
+from mindzoo.datasets.spike_store import (
+    SpikeRecording,
+    SpikeSubject,
+    spike_problems,
+    write_spike_subject,
+)
 from mindzoo.errors import UserInputError
 
 SCHEMA_VERSION = 1
-SPLITS = ("train", "val", "test")
-_TRIAL_CHUNK = 256
 FEATURE_CHUNK = _TRIAL_CHUNK  # rows per chunk of a features array
 
 
@@ -118,34 +130,6 @@ def _data_files(version_dir: Path) -> Iterator[Path]:
     for path in sorted(version_dir.rglob("*")):
         if path.is_file() and path.name != MANIFEST:
             yield path
-
-
-def _dimension_names(data: np.ndarray, leading: tuple[str, ...], name: str) -> tuple[str, ...]:
-    """``leading`` names for the first axes, ``<name>_<i>`` for the rest (xarray's dims)."""
-    named = leading[: data.ndim]
-    return (*named, *(f"{name}_{i}" for i in range(len(named), data.ndim)))
-
-
-def _write_array(
-    group: zarr.Group,
-    name: str,
-    data: np.ndarray,
-    chunk_rows: int | None = None,
-    dims: tuple[str, ...] = (),
-) -> None:
-    data = np.ascontiguousarray(data)
-    chunks = None
-    if chunk_rows is not None and data.ndim >= 1:
-        chunks = (max(1, min(chunk_rows, data.shape[0])), *data.shape[1:])
-    array = group.create_array(
-        name,
-        shape=data.shape,
-        dtype=data.dtype,
-        chunks=chunks or "auto",
-        dimension_names=_dimension_names(data, dims, name),
-    )
-    if data.size:
-        array[...] = data
 
 
 class StoreWriter:
@@ -256,24 +240,16 @@ class StoreWriter:
         axis = axis_name.removesuffix("s")  # voxels -> voxel, channels -> channel
         dims = ("trial", axis, "time") if signals.ndim == 3 else ("trial", axis)
         _write_array(group, "signals", signals, _TRIAL_CHUNK, dims)
-        trial_group = group.require_group("trials")
-        categories: dict[str, list[str]] = {}
-        for column in trials.columns:
-            values = trials[column]
-            if values.dtype == object or isinstance(values.dtype, pd.StringDtype):
-                cats = SPLITS if column == "split" else tuple(sorted(set(values.astype(str))))
-                lookup = {c: i for i, c in enumerate(cats)}
-                codes = np.array([lookup[str(v)] for v in values], dtype=np.int32)
-                categories[column] = list(cats)
-                _write_array(trial_group, column, codes, dims=("trial",))
-            else:
-                _write_array(trial_group, column, values.to_numpy(), dims=("trial",))
-        trial_group.attrs["categories"] = categories
+        write_table(group.require_group("trials"), trials, "trial")
         axis_group = group.require_group(axis_name)
         for name, values in axis_arrays.items():
             _write_array(axis_group, name, values, dims=(axis,))
         axis_group.attrs.update(axis_attrs)
         group.attrs.update({"axis": axis_name, "n_trials": int(signals.shape[0])})
+
+    def write_spikes(self, subject: str, data: SpikeSubject) -> None:
+        """One subject/session in the spikes layout (:mod:`mindzoo.datasets.spike_store`)."""
+        write_spike_subject(self.root, subject, data)
 
     def commit(self, manifest: dict[str, Any]) -> Path:
         """Hash every file, write manifest.json, rename into place and update CURRENT."""
@@ -361,17 +337,19 @@ class TensorStore:
         """Lazy Zarr array of the subject's signals, [trial, voxel] for fMRI."""
         return self._subject(subject)["signals"]
 
+    def spikes(self, subject: str) -> SpikeRecording:
+        """Lazy spikes of one subject/session of a spikes store (windowed reads by time)."""
+        group = self._subject(subject)
+        if group.attrs.get("layout") != "spikes":
+            raise UserInputError(
+                f"Store {self.path} holds {self.manifest.get('modality')} signals, not spikes; "
+                "prepare a spikes dataset (e.g. synthetic-spikes)"
+            )
+        return SpikeRecording(group, subject)
+
     def trials(self, subject: str) -> pd.DataFrame:
         """The subject's trial table; coded string columns are decoded back to strings."""
-        group = self._subject(subject)["trials"]
-        categories = group.attrs.get("categories", {})
-        columns = {}
-        for name in sorted(group.array_keys()):
-            values = group[name][...]
-            if name in categories:
-                values = np.asarray(categories[name], dtype=object)[values]
-            columns[name] = values
-        return pd.DataFrame(columns)
+        return read_table(self._subject(subject)["trials"])
 
     def axis(self, subject: str) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         """Per-axis metadata of axis 1 (fMRI: voxels ijk/xyz/roi) and its attributes."""
@@ -549,6 +527,9 @@ def _schema_problems(version: Path | RemotePath) -> list[str]:
             if store.features(space, kind).shape[0] != n_stimuli:
                 problems.append(f"features/{space}/{kind} has the wrong number of stimuli")
     for subject in store.subjects:
+        if store.manifest.get("modality") == "spikes":
+            problems += spike_problems(store.root[f"subjects/{subject}"], subject, n_stimuli)
+            continue
         signals = store.signals(subject)
         trials = store.trials(subject)
         if len(trials) != signals.shape[0]:
