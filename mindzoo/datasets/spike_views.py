@@ -115,7 +115,9 @@ class SpikeBatch:
     (and EOS unless ``truncated``); ``prev_id``/``prev_dt`` long [B, P]; ``counts`` float32
     [B, U, n_bins]; ``prev_counts`` float32 [B, U, n_prev_bins]; ``frames`` float32
     [B, n_frames, 1, h, w] or None; ``behaviour`` float32 [B, n_behaviour] or None;
-    ``stimulus_index`` long [B] (the trial's), ``trial_time`` float32 [B] (window start minus
+    ``stimulus_index`` long [B] (the trial's), ``condition`` long [B] (code of the trial's
+    ``condition`` column among the subject's sorted conditions; trials of one condition share a
+    PSTH), ``trial_time`` float32 [B] (window start minus
     trial start, s), ``trial`` long [B] (row of the subject's trial table), ``start`` float64
     [B] (window start, s), ``truncated`` bool [B].
     """
@@ -131,6 +133,7 @@ class SpikeBatch:
     frames: torch.Tensor | None
     behaviour: torch.Tensor | None
     stimulus_index: torch.Tensor
+    condition: torch.Tensor
     trial_time: torch.Tensor
     trial: torch.Tensor
     start: torch.Tensor
@@ -205,6 +208,14 @@ def split_trials(trials: pd.DataFrame, split: str, config: SpikeDataConfig) -> n
     return train
 
 
+def condition_codes(trials: pd.DataFrame) -> np.ndarray:
+    """Code of each trial's condition (the trial table's ``condition`` column, else its
+    ``stimulus_index``) among the sorted distinct conditions, int64 [n_trials]."""
+    column = "condition" if "condition" in trials.columns else "stimulus_index"
+    _, codes = np.unique(trials[column].astype(str).to_numpy(), return_inverse=True)
+    return codes.astype(np.int64)
+
+
 class _Session:
     """One subject's session in memory: spikes, trials, frames and behaviour."""
 
@@ -246,6 +257,7 @@ class SpikeWindows:
     def _windows(self, subject: str, trials: pd.DataFrame, rows: np.ndarray) -> pd.DataFrame:
         """One row per window: subject, trial row, start (s), trial_time (s), stimulus_index."""
         width = self.config.window
+        conditions = condition_codes(trials)
         parts = []
         for row in rows:
             start, stop = float(trials["start"].iloc[row]), float(trials["stop"].iloc[row])
@@ -259,10 +271,11 @@ class SpikeWindows:
                         "start": start + offsets,
                         "trial_time": offsets,
                         "stimulus_index": int(trials["stimulus_index"].iloc[row]),
+                        "condition": int(conditions[row]),
                     }
                 )
             )
-        columns = ["subject", "trial", "start", "trial_time", "stimulus_index"]
+        columns = ["subject", "trial", "start", "trial_time", "stimulus_index", "condition"]
         return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=columns)
 
     def __len__(self) -> int:
@@ -354,10 +367,12 @@ class SpikeWindows:
             trial = np.full(b, -1, np.int64)
             trial_time = np.zeros(b, np.float32)
             stimulus = np.full(b, -1, np.int64)
+            condition = np.full(b, -1, np.int64)
         else:
             trial = rows["trial"].to_numpy(np.int64, copy=True)
             trial_time = rows["trial_time"].to_numpy(np.float32, copy=True)
             stimulus = rows["stimulus_index"].to_numpy(np.int64, copy=True)
+            condition = rows["condition"].to_numpy(np.int64, copy=True)
         return SpikeBatch(
             subject=subject,
             id=torch.from_numpy(ids),
@@ -370,6 +385,7 @@ class SpikeWindows:
             frames=self._frames(session, starts),
             behaviour=self._behaviour(session, starts),
             stimulus_index=torch.from_numpy(stimulus),
+            condition=torch.from_numpy(condition),
             trial_time=torch.from_numpy(trial_time),
             trial=torch.from_numpy(trial),
             start=torch.from_numpy(starts.astype(np.float64)),

@@ -89,6 +89,13 @@ def _baseline(name: str, description: str) -> ModelInfo:
     )  # fmt: skip
 
 
+def _spike_baseline(name: str, cls: str, description: str) -> ModelInfo:
+    return ModelInfo(
+        name, f"Spike baseline: {description}", "spikes", "mindzoo.models.spike_baselines",
+        f"{cls}Config", cls, {}, "REFERENCE_SHAPES",
+    )  # fmt: skip
+
+
 # The zoo. A new family: one module in mindzoo/models/ and one entry here.
 MODELS: dict[str, ModelInfo] = {
     info.name: info
@@ -139,6 +146,24 @@ MODELS: dict[str, ModelInfo] = {
         _baseline("eegnet", "EEGNetv4 (braindecode), one network per subject"),
         _baseline("shallow-fbcsp", "ShallowFBCSPNet (braindecode), one network per subject"),
         _baseline("eeg-conformer", "EEGConformer (braindecode), one network per subject"),
+        ModelInfo(
+            "neuroformer",
+            "Neuroformer: spike tokens (unit id + time offset), cross-attention to past spikes, "
+            "stimulus frames and behaviour, causal self-attention; id/dt heads, contrastive",
+            "spikes",
+            "mindzoo.models.neuroformer",
+            "NeuroformerConfig",
+            "Neuroformer",
+            {},
+            "REFERENCE_SHAPES",
+            "INIT",
+        ),  # fmt: skip
+        _spike_baseline("spike-homogeneous", "Homogeneous", "constant rate per unit"),
+        _spike_baseline("spike-psth", "PSTH", "trial-averaged rate per unit, condition and bin"),
+        _spike_baseline(
+            "spike-glm", "PoissonGLM", "Poisson GLM: stimulus frames + spike-history coupling"
+        ),
+        _spike_baseline("spike-ridge", "SpikeRidge", "ridge regression binned counts -> behaviour"),
         ModelInfo(
             "diffusion",
             "Embedded conditional pixel diffusion (UNet, classifier-free guidance) for "
