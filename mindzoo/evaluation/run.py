@@ -15,6 +15,7 @@ from mindzoo.evaluation.classification import EPHYS_KINDS, evaluate_ephys_run
 from mindzoo.evaluation.metrics import evaluate_features
 from mindzoo.evaluation.noise_ceiling import noise_ceiling
 from mindzoo.evaluation.report import SubjectResult, write_report
+from mindzoo.evaluation.spike_run import evaluate_spike_run
 
 
 def _read_run(run_dir: Path) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
@@ -62,6 +63,10 @@ def evaluate_run(
         if (run_dir / "config.json").is_file()
         else {}
     )
+    if ephys.get("kind") == "spikes":  # spike models: likelihood, generation, behaviour, coupling
+        return evaluate_spike_run(
+            run_dir, ephys, Path(out) if out is not None else run_dir / "eval"
+        )
     if ephys.get("kind") in EPHYS_KINDS:  # ephys runs: classification / pre-training metrics
         return evaluate_ephys_run(
             run_dir, ephys, Path(out) if out is not None else run_dir / "eval"

@@ -17,6 +17,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from mindzoo.datasets.ephys_views import RecordingInfo
+from mindzoo.datasets.spike_views import SpikeInfo
 from mindzoo.errors import UserInputError
 from mindzoo.models.registry import create_model, get_model_info
 
@@ -31,10 +32,15 @@ def _ephys_shapes(build: dict[str, Any]) -> dict[str, Any]:
     return {"info": RecordingInfo(**build["info"]), **build["extras"]}
 
 
+def _spike_shapes(build: dict[str, Any]) -> dict[str, Any]:
+    return {"info": SpikeInfo.from_dict(build["info"])}
+
+
 # How each kind of torch model keeps its shape arguments in config.json's "build".
 _SHAPES: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
     "decoder": _decoder_shapes,
     "ephys": _ephys_shapes,
+    "spikes": _spike_shapes,
 }
 
 

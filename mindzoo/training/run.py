@@ -7,6 +7,7 @@ estimator      :func:`~mindzoo.training.estimators.fit_estimator`   per-subject 
 decoder        :func:`~mindzoo.training.decoders.train_decoder`     torch fMRI decoders
 ephys          :func:`~mindzoo.training.ephys.train_ephys`          Du-IN stages, EEG baselines
 diffusion      :func:`~mindzoo.training.diffusion.train_diffusion`  the store's diffusion cache
+spikes         :func:`~mindzoo.training.spikes.train_spikes`        Neuroformer, spike baselines
 =============  ============================================  ==================================
 
 Every runner takes ``(name, store_path, out, subjects, overrides, overwrite, progress, resume)``
@@ -26,12 +27,14 @@ from mindzoo.training.decoders import train_decoder
 from mindzoo.training.diffusion import train_diffusion
 from mindzoo.training.ephys import train_ephys
 from mindzoo.training.estimators import fit_estimator
+from mindzoo.training.spikes import train_spikes
 
 RUNNERS: dict[str, Callable[..., Path]] = {
     "estimator": fit_estimator,
     "decoder": train_decoder,
     "ephys": train_ephys,
     "diffusion": train_diffusion,
+    "spikes": train_spikes,
 }
 
 
