@@ -160,7 +160,7 @@ def spike_info(store: TensorStore, subjects: list[str], config: SpikeDataConfig)
     n_bins = _bins(config.window, config.dt, "data.window")
     n_prev = _bins(config.prev_window, config.dt, "data.prev_window")
     frame_shape = None
-    if config.n_frames and "images" in store.root["stimuli"]:
+    if config.n_frames and "stimuli" in store.root and "images" in store.root["stimuli"]:
         frame_shape = tuple(int(n) for n in store.images().shape[1:3])
     dims = []
     for name in config.behaviour:

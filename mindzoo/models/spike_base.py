@@ -38,6 +38,8 @@ class SpikeModel(TrainableModel):
 
     kind: ClassVar[str] = "spikes"
     name: ClassVar[str] = "spike model"
+    has_likelihood: ClassVar[bool] = True
+    """False for pure behaviour decoders (no likelihood, no generation)."""
 
     def __init__(self, info: SpikeInfo) -> None:
         super().__init__()
