@@ -1,13 +1,208 @@
-"""Publishing a directory atomically: build it in a hidden sibling, rename it into place."""
+"""Atomic writes: hidden temporaries that name their owner, reclaimed once the owner is gone.
+
+Every writer builds its output under a hidden sibling and renames it into place, so readers see
+the old output or the complete new one. A temporary is named
+``.tmp-<name>-<pid>@<host>-<uuid8>`` (:func:`temp_name`): the process that owns it and a short
+hash of the host it runs on. A process killed with ``kill -9`` cannot clean up, so the next writer
+in the same directory calls :func:`reclaim_stale`, which removes
+
+* a temporary of this host whose owner process is no longer running;
+* a temporary of another host (a shared file system) in which nothing changed for a day;
+* a temporary of the older, ownerless format ``.tmp-<name>-<uuid8>`` in which nothing changed
+  for an hour;
+
+and says so in one line on stderr (what, and how big). A temporary whose owner is alive (a
+concurrent ``prepare`` or training) is never removed.
+
+Files written here honour the umask (:func:`honour_umask`): ``safetensors`` writes through a
+private temporary file (mode 0600), which would make shared runs unreadable to colleagues.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import os
+import re
 import shutil
+import socket
+import sys
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
+
+TEMP_PREFIX = ".tmp-"
+OLD_FORMAT_STALE_SECONDS = 3600.0
+FOREIGN_STALE_SECONDS = 24 * 3600.0
+_OWNED = re.compile(r"^\.tmp-(?P<name>.*)-(?P<pid>\d+)@(?P<host>[0-9a-f]{8})-[0-9a-f]{8}$")
+_OLD_FORMAT = re.compile(r"^\.tmp-.+-[0-9a-f]{8}$")
+
+
+def host_tag() -> str:
+    """Eight hex digits naming this host (a hash of its name) in temporary names."""
+    return hashlib.sha1(socket.gethostname().encode()).hexdigest()[:8]
+
+
+def temp_name(name: str) -> str:
+    """A fresh hidden temporary name for output ``name``, owned by this process."""
+    return f"{TEMP_PREFIX}{name}-{os.getpid()}@{host_tag()}-{uuid.uuid4().hex[:8]}"
+
+
+def temp_sibling(path: Path) -> Path:
+    """A fresh hidden temporary beside ``path`` (same directory, so a rename is atomic)."""
+    path = Path(path)
+    return path.with_name(temp_name(path.name))
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` runs on this host (one of another user counts as running)."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _last_change(path: Path) -> float:
+    """The newest modification time of ``path`` and everything under it."""
+    newest = path.lstat().st_mtime
+    if path.is_dir() and not path.is_symlink():
+        for dirpath, dirnames, filenames in os.walk(path):
+            for entry in [*dirnames, *filenames]:
+                try:
+                    newest = max(newest, os.lstat(os.path.join(dirpath, entry)).st_mtime)
+                except OSError:
+                    continue
+    return newest
+
+
+def is_stale(path: Path, now: float | None = None) -> bool:
+    """Whether the temporary ``path`` is left over from a writer that cannot finish it."""
+    now = time.time() if now is None else now
+    owned = _OWNED.match(path.name)
+    try:
+        if owned is not None:
+            if owned["host"] == host_tag():
+                return not pid_alive(int(owned["pid"]))
+            return now - _last_change(path) > FOREIGN_STALE_SECONDS
+        if _OLD_FORMAT.match(path.name):
+            return now - _last_change(path) > OLD_FORMAT_STALE_SECONDS
+    except OSError:  # removed meanwhile
+        return False
+    return False
+
+
+def tree_size(path: Path) -> int:
+    """Bytes in the files of ``path`` (a file or a directory tree)."""
+    if not path.is_dir() or path.is_symlink():
+        return path.lstat().st_size
+    total = 0
+    for dirpath, _, filenames in os.walk(path):
+        for name in filenames:
+            try:
+                total += os.lstat(os.path.join(dirpath, name)).st_size
+            except OSError:
+                continue
+    return total
+
+
+def format_bytes(size: int) -> str:
+    """``1536`` -> ``'1.5 KiB'``."""
+    value = float(size)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} TiB"  # pragma: no cover
+
+
+def reclaim_stale(
+    directory: Path, remove: Callable[[Path], None] = shutil.rmtree
+) -> list[tuple[Path, int]]:
+    """Remove the stale temporaries (:func:`is_stale`) directly in ``directory`` (directories
+    with ``remove``); returns what was removed with its size in bytes, and says so in one line
+    on stderr."""
+    directory = Path(directory)
+    try:
+        candidates = [p for p in directory.iterdir() if p.name.startswith(TEMP_PREFIX)]
+    except OSError:  # no directory yet (or unreadable): nothing to reclaim
+        return []
+    now = time.time()
+    removed: list[tuple[Path, int]] = []
+    for path in sorted(candidates):
+        if not is_stale(path, now):
+            continue
+        try:
+            size = tree_size(path)
+            if path.is_dir() and not path.is_symlink():
+                remove(path)
+            else:
+                path.unlink()
+        except OSError:
+            continue  # another writer reclaimed it first, or it is not ours to remove
+        removed.append((path, size))
+    if removed:
+        names = ", ".join(p.name for p, _ in removed)
+        total = format_bytes(sum(size for _, size in removed))
+        print(
+            f"removed {len(removed)} stale temporar{'y' if len(removed) == 1 else 'ies'} "
+            f"({total}) left in {directory} by interrupted writers: {names}",
+            file=sys.stderr,
+        )
+    return removed
+
+
+def current_umask() -> int:
+    """This process's umask (read from /proc where possible: setting it is not thread safe)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def honour_umask(path: Path) -> None:
+    """Give the file ``path`` the mode a plain ``open(path, "w")`` would (0644 under the usual
+    umask 022), whatever mode the library that wrote it chose."""
+    os.chmod(path, 0o666 & ~current_umask())
+
+
+def save_arrays(arrays: dict[str, Any], path: Path) -> None:
+    """Write numpy ``arrays`` as safetensors at ``path`` atomically, honouring the umask."""
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    path = Path(path)
+    reclaim_stale(path.parent)
+    tmp = temp_sibling(path)
+    try:
+        save_file({k: np.ascontiguousarray(v) for k, v in arrays.items()}, str(tmp))
+        honour_umask(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` atomically (a temporary beside it, then a rename)."""
+    path = Path(path)
+    reclaim_stale(path.parent)
+    tmp = temp_sibling(path)
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 @contextmanager
@@ -15,11 +210,13 @@ def atomic_directory(target: Path) -> Iterator[Path]:
     """Yield a fresh, empty hidden sibling of `target`; on success it replaces `target`.
 
     On an exception the sibling is removed and `target` is left as it was, so readers see
-    either the old directory or the complete new one, never a half-written one.
+    either the old directory or the complete new one, never a half-written one. Stale
+    temporaries of interrupted writers beside `target` are reclaimed first.
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".tmp-{target.name}-{uuid.uuid4().hex[:8]}")
+    reclaim_stale(target.parent)
+    tmp = temp_sibling(target)
     tmp.mkdir()
     try:
         yield tmp

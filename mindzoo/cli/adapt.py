@@ -10,9 +10,10 @@ import time
 from pathlib import Path
 
 import typer
-from rich.console import Console
 
-console = Console()
+from mindzoo.cli.console import make_console
+
+console = make_console()
 
 
 def register(app: typer.Typer) -> None:

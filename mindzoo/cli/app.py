@@ -5,7 +5,6 @@ from __future__ import annotations
 import sys
 
 import typer
-from rich.console import Console
 
 from mindzoo.cli import (
     adapt,
@@ -18,6 +17,7 @@ from mindzoo.cli import (
     train,
     verify,
 )
+from mindzoo.cli.console import make_console
 from mindzoo.errors import UserInputError
 
 app = typer.Typer(
@@ -30,7 +30,7 @@ app = typer.Typer(
 for module in (quickstart, datasets, models, prepare, verify, train, adapt, evaluate, reconstruct):
     module.register(app)
 
-err_console = Console(stderr=True)
+err_console = make_console(stderr=True)
 
 
 def _version(value: bool) -> None:

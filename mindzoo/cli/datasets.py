@@ -5,12 +5,12 @@ from __future__ import annotations
 import json
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
+from mindzoo.cli.console import make_console
 from mindzoo.datasets.catalog import DatasetSpec, get_dataset, list_datasets
 
-console = Console()
+console = make_console()
 
 SOURCE_KINDS = {
     "synthetic": "generated on your machine",

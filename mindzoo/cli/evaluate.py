@@ -5,15 +5,16 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from mindzoo.cli import cluster
+from mindzoo.cli.console import make_console
 from mindzoo.datasets import remote
+from mindzoo.datasets.paths import check_output
 from mindzoo.errors import UserInputError
 from mindzoo.executors import ExecutorSettings
 
-console = Console()
+console = make_console()
 
 
 def metrics_table(metrics: dict) -> Table:
@@ -37,6 +38,11 @@ def metrics_table(metrics: dict) -> Table:
     for name, row in [*metrics["subjects"].items(), ("mean", metrics["mean"])]:
         table.add_row(name, *(f"{row[k]:.3f}" for k in keys))
     return table
+
+
+def _same(a: Path, b: Path) -> bool:
+    """Whether two paths name one directory."""
+    return a.expanduser().resolve() == b.expanduser().resolve()
 
 
 def run_grid_command(
@@ -111,6 +117,8 @@ def register(app: typer.Typer) -> None:
         retries: int = cluster.RETRIES,
     ) -> None:
         """Score a run on the test split (metrics.json, report.md, figures), or a whole grid."""
+        if out is not None:
+            check_output(out, store_ok=False)
         if grid is not None:
             if run_dir is not None:
                 raise UserInputError("Give either RUN_DIR or --grid, not both")
@@ -122,6 +130,11 @@ def register(app: typer.Typer) -> None:
         if run_dir is None:
             raise UserInputError(
                 "Missing RUN_DIR: the --out of `braindecode-cli train` (or --grid)"
+            )
+        if out is not None and not remote.is_url(run_dir) and _same(out, Path(run_dir)):
+            raise UserInputError(
+                f"--out {out} is the run directory itself (its metrics.json would be "
+                f"overwritten); leave --out out to write {Path(run_dir) / 'eval'}"
             )
         local = remote.fetch_run(run_dir) if remote.is_url(run_dir) else Path(run_dir)
         from mindzoo.evaluation.run import evaluate_run  # torch: not for --help

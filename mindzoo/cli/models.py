@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
-console = Console()
+from mindzoo.cli.console import make_console
+
+console = make_console()
 
 
 def register(app: typer.Typer) -> None:

@@ -6,18 +6,18 @@ import json
 from pathlib import Path
 
 import typer
-from rich.console import Console
 
 from mindzoo.cli import cluster
+from mindzoo.cli.console import make_console
 from mindzoo.datasets import remote
 from mindzoo.datasets.store import TensorStore
 from mindzoo.errors import UserInputError
 from mindzoo.executors import ExecutorSettings
 
-console = Console()
+console = make_console()
 
 
-_NOT_AXIS = ("n_trials", "n_test_trials", "n_times")
+_NOT_AXIS = ("n_trials", "n_test_trials", "n_times", "n_spikes")
 
 
 def summarise_store(store: TensorStore) -> dict:
@@ -25,6 +25,15 @@ def summarise_store(store: TensorStore) -> dict:
     size of axis 1 under its name (``n_voxels`` for fMRI, ``n_channels`` for iEEG/EEG)."""
     sizes = {}
     for subject in store.subjects:
+        attrs = store.root[f"subjects/{subject}"].attrs
+        if attrs.get("layout") == "spikes":  # ragged events: units and spikes, not axis 1
+            sizes[subject] = {
+                "n_trials": int(attrs["n_trials"]),
+                "n_units": int(attrs["n_units"]),
+                "n_spikes": int(attrs["n_spikes"]),
+                "n_test_trials": int((store.trials(subject)["split"] == "test").sum()),
+            }
+            continue
         shape = store.signals(subject).shape
         axis = store.root[f"subjects/{subject}"].attrs.get("axis", "voxels")
         sizes[subject] = {
@@ -85,6 +94,8 @@ def run_prepare(
     for subject, size in sizes.items():
         axis, count = next((k[2:], v) for k, v in size.items() if k not in _NOT_AXIS)
         times = f" x {size['n_times']} samples" if "n_times" in size else ""
+        if "n_spikes" in size:
+            times = f", {size['n_spikes']} spikes"
         console.print(f"  {subject}: {size['n_trials']} trials x {count} {axis}{times}")
     metrics = {
         "dataset": dataset,

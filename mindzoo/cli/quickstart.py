@@ -13,14 +13,14 @@ import time
 from pathlib import Path
 
 import typer
-from rich.console import Console
 
+from mindzoo.cli.console import make_console
 from mindzoo.cli.evaluate import metrics_table
 from mindzoo.cli.prepare import run_prepare
 from mindzoo.cli.reconstruct import reconstruction_table
 from mindzoo.reconstruction import GenerationSettings
 
-console = Console()
+console = make_console()
 
 DECODER = "brain-it"
 # Fewer denoising steps than `reconstruct`'s default: 2 x 4 subjects x 50 test images (with the

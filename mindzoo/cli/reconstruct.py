@@ -5,13 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
+from mindzoo.cli.console import make_console
 from mindzoo.cli.train import split_subjects
+from mindzoo.datasets.paths import check_output
 from mindzoo.reconstruction import GenerationSettings, list_backends
 
-console = Console()
+console = make_console()
 
 TABLE_COLUMNS = ("PixCorr", "SSIM", "efficientnet-lite0 2-way", "efficientnet-lite0 distance")
 
@@ -75,6 +76,7 @@ def register(app: typer.Typer) -> None:
         from mindzoo.features.backbones import parse_metric_weights
         from mindzoo.reconstruction.run import reconstruct_run
 
+        check_output(out, store_ok=False)
         settings = GenerationSettings(
             steps=steps, guidance=guidance, seed=seed, strength=strength, batch_size=batch_size
         )

@@ -12,13 +12,13 @@ import time
 from pathlib import Path
 
 import typer
-from rich.console import Console
 
 from mindzoo.cli import cluster
+from mindzoo.cli.console import make_console
 from mindzoo.errors import UserInputError
 from mindzoo.executors import ExecutorSettings
 
-console = Console()
+console = make_console()
 
 
 def split_subjects(values: list[str]) -> list[str]:

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import typer
-from rich.console import Console
 
+from mindzoo.cli.console import make_console
 from mindzoo.datasets.store import verify_store
 
-console = Console()
+console = make_console()
 
 
 def register(app: typer.Typer) -> None:

@@ -35,7 +35,6 @@ import subprocess
 import urllib.error
 import urllib.parse
 import urllib.request
-import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -43,6 +42,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from mindzoo.atomic import reclaim_stale, temp_sibling
 from mindzoo.errors import UserInputError
 from mindzoo.extras import require
 
@@ -253,9 +253,10 @@ def _clone(location: str, target: Path, hardlink: bool) -> None:
     IncompleteResultsError = require("datalad.support.exceptions", "datalad").IncompleteResultsError
 
     target.parent.mkdir(parents=True, exist_ok=True)
-    for stale in target.parent.glob(f".tmp-{target.name}-*"):
-        remove_tree(stale)
-    tmp = target.with_name(f".tmp-{target.name}-{uuid.uuid4().hex[:8]}")
+    reclaim_stale(
+        target.parent, remove_tree
+    )  # a killed clone's leftovers (never a live concurrent clone's)
+    tmp = temp_sibling(target)
     try:
         api.clone(
             source=location,

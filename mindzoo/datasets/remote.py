@@ -20,7 +20,6 @@ import json
 import os
 import re
 import shutil
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,6 +28,7 @@ import fsspec
 import zarr
 from fsspec import AbstractFileSystem
 
+from mindzoo.atomic import reclaim_stale, temp_sibling
 from mindzoo.errors import UserInputError
 
 MANIFEST = "manifest.json"
@@ -296,7 +296,9 @@ def fetch_run(url: str) -> Path:
         return local
     fs, path = filesystem(url)
     files = sorted(fs.find(path))
-    tmp = local.with_name(f".tmp-{local.name}-{uuid.uuid4().hex[:8]}")
+    local.parent.mkdir(parents=True, exist_ok=True)
+    reclaim_stale(local.parent)
+    tmp = temp_sibling(local)
     try:
         targets = [tmp / name[len(path) + 1 :] for name in files]
         for target in targets:

@@ -33,7 +33,6 @@ import hashlib
 import json
 import os
 import shutil
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,6 +43,7 @@ import pandas as pd
 import zarr
 
 from mindzoo import __version__
+from mindzoo.atomic import reclaim_stale, temp_name, write_text
 from mindzoo.datasets import remote
 from mindzoo.datasets.arrays import (
     _TRIAL_CHUNK,
@@ -90,9 +90,7 @@ def finished_versions(store_dir: Path) -> list[Path]:
 
 def set_current(store_dir: Path, version_dir: Path) -> None:
     """Point `store_dir/CURRENT` at `version_dir` (atomic replace)."""
-    tmp = Path(store_dir) / f".{CURRENT}.{uuid.uuid4().hex}"
-    tmp.write_text(version_dir.name + "\n")
-    os.replace(tmp, Path(store_dir) / CURRENT)
+    write_text(Path(store_dir) / CURRENT, version_dir.name + "\n")
 
 
 def resolve_store(path: Path | str | RemotePath) -> Path | RemotePath:
@@ -145,11 +143,8 @@ class StoreWriter:
         self.config_hash = config_hash
         self._created_store_dir = not self.store_dir.exists()
         (self.store_dir / "versions").mkdir(parents=True, exist_ok=True)
-        self.tmp_dir = (
-            self.store_dir
-            / "versions"
-            / f".tmp-{_version_name(config_hash)}-{uuid.uuid4().hex[:8]}"
-        )
+        reclaim_stale(self.store_dir / "versions")  # versions a killed prepare left half-built
+        self.tmp_dir = self.store_dir / "versions" / temp_name(_version_name(config_hash))
         self.root = zarr.open_group(str(self.tmp_dir), mode="w", zarr_format=3)
         self._committed: Path | None = None
 

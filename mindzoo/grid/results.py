@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from mindzoo.atomic import reclaim_stale, temp_sibling
 from mindzoo.grid.jobs import read_result
 from mindzoo.grid.spec import GridPlan
 
@@ -58,8 +59,9 @@ def write_results(
         "parquet": out / "results.parquet",
         "md": out / "results.md",
     }
+    reclaim_stale(out)
     for kind, path in paths.items():
-        tmp = path.with_name(f".{path.name}.tmp")
+        tmp = temp_sibling(path)
         if kind == "csv":
             frame.to_csv(tmp, index=False)
         elif kind == "parquet":

@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mindzoo.atomic import write_text
 from mindzoo.executors import ExecutorSettings, run_jobs
 from mindzoo.grid.jobs import read_result, score_cell, train_finished, train_task
 from mindzoo.grid.results import cells_dir, estimate, gather, write_results
@@ -133,9 +134,7 @@ def _record_trains(plan: GridPlan, trains: list[Any], outcomes: list[Any]) -> No
             "log": str(outcome.log) if outcome.log else None,
             "job_id": outcome.job_id,
         }
-    tmp = path.with_name(".trains.json.tmp")
-    tmp.write_text(json.dumps(records, indent=2))
-    tmp.replace(path)
+    write_text(path, json.dumps(records, indent=2))
 
 
 def _cell_name(cell: Any) -> str:

@@ -37,6 +37,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.nn import functional as F
 
+from mindzoo.atomic import honour_umask
 from mindzoo.errors import UserInputError
 
 WEIGHTS_FILE = "model.safetensors"
@@ -207,6 +208,7 @@ def save_embedded(model: EmbeddedDiffusion, directory: Path, extra: dict[str, An
     directory.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
     save_file(state, str(directory / WEIGHTS_FILE))
+    honour_umask(directory / WEIGHTS_FILE)
     config = {
         "backend": BACKEND_NAME,
         "model": model.config.model_dump(mode="json"),

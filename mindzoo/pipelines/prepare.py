@@ -30,6 +30,7 @@ from mindzoo import __version__
 from mindzoo.config import apply_overrides, config_hash, validate
 from mindzoo.datasets import catalog, datalad_source
 from mindzoo.datasets.catalog import DatasetSpec, get_dataset
+from mindzoo.datasets.paths import check_output
 from mindzoo.datasets.store import (
     SCHEMA_VERSION,
     StoreWriter,
@@ -186,7 +187,9 @@ def prepare_dataset(
     and settings give the same config hash: a cache hit that writes nothing. Anything else
     builds a new version beside the existing ones. On failure nothing half-written stays
     behind: a store directory this call created is removed, except a DataLad clone inside it
-    (downloads are expensive and resume where they stopped).
+    (downloads are expensive and resume where they stopped). An ``out`` inside a store's
+    versions or inside ``source`` is refused before anything is written
+    (:func:`~mindzoo.datasets.paths.check_output`).
     """
     start = time.perf_counter()
     spec = get_dataset(name)
@@ -196,6 +199,8 @@ def prepare_dataset(
         )
     settings = resolve_settings(spec, overrides or [], seed, subjects, sessions)
     out = Path(out)
+    local = source is not None and not datalad_source.is_remote(str(source))
+    check_output(out, source=datalad_source.local_path(str(source)) if local else None)
     with store_lock(out):
         return _prepare_locked(spec, out, source, settings, progress, executor, start=start)
 

@@ -32,10 +32,10 @@ from typing import Any
 
 import numpy as np
 from PIL import Image
-from safetensors.numpy import load_file, save_file
+from safetensors.numpy import load_file
 from tqdm.auto import tqdm
 
-from mindzoo.atomic import atomic_directory
+from mindzoo.atomic import atomic_directory, save_arrays
 from mindzoo.datasets.store import TensorStore
 from mindzoo.errors import UserInputError
 from mindzoo.reconstruction.base import (
@@ -285,10 +285,7 @@ def reconstruct_run(
             _write_grid(
                 tmp / "grid-shuffled.png", images, predictions, chosen, truths_all, "shuffled"
             )
-        save_file(
-            {k: np.ascontiguousarray(v) for k, v in arrays.items()},
-            str(tmp / "features.safetensors"),
-        )
+        save_arrays(arrays, tmp / "features.safetensors")
         (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2))
     return metrics
 

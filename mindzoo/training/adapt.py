@@ -41,9 +41,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from safetensors.numpy import save_file
 
-from mindzoo.atomic import atomic_directory
+from mindzoo.atomic import atomic_directory, save_arrays
 from mindzoo.config import apply_overrides, validate
 from mindzoo.datasets.store import TensorStore, roi_labels
 from mindzoo.datasets.views import (
@@ -328,9 +327,6 @@ def _write_run(
     }
     with atomic_directory(out) as tmp:  # `adapt_model` refused a non-empty `out` unless overwrite
         ckpt.save_weights(tmp / "model.safetensors", ckpt.weights(model))
-        save_file(
-            {k: np.ascontiguousarray(v) for k, v in predictions.items()},
-            str(tmp / "predictions.safetensors"),
-        )
+        save_arrays(predictions, tmp / "predictions.safetensors")
         ckpt.write_json(tmp / "config.json", config)
         ckpt.write_json(tmp / "metrics.json", metrics)

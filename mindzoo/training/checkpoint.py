@@ -24,7 +24,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,6 +32,14 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from mindzoo.atomic import (
+    TEMP_PREFIX,
+    honour_umask,
+    reclaim_stale,
+    temp_name,
+    temp_sibling,
+    write_text,
+)
 from mindzoo.errors import UserInputError
 
 STATE_FILE = "trainer_state.json"
@@ -74,9 +81,7 @@ def training_summary(state: TrainerState) -> dict[str, Any]:
 
 def write_json(path: Path, payload: Any) -> None:
     """Write JSON atomically (temporary file, then rename)."""
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}")
-    tmp.write_text(json.dumps(payload, indent=2))
-    os.replace(tmp, path)
+    write_text(path, json.dumps(payload, indent=2))
 
 
 def weights(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -85,10 +90,16 @@ def weights(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def save_weights(path: Path, state: dict[str, torch.Tensor]) -> None:
-    """Write a state dict as safetensors, atomically."""
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}")
-    save_file({k: v.contiguous() for k, v in state.items()}, str(tmp))
-    os.replace(tmp, path)
+    """Write a state dict as safetensors, atomically, with the mode the umask gives."""
+    path = Path(path)
+    reclaim_stale(path.parent)
+    tmp = temp_sibling(path)
+    try:
+        save_file({k: v.contiguous() for k, v in state.items()}, str(tmp))
+        honour_umask(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def latest_checkpoint(root: Path) -> Path | None:
@@ -121,11 +132,14 @@ def save_checkpoint(
     """
     barrier = barrier or (lambda: None)
     name = f"{_PREFIX}{state.global_step:08d}"
-    tmp = root / f".tmp-{name}"
     if rank == 0:
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
+        root.mkdir(parents=True, exist_ok=True)
+        reclaim_stale(root)  # checkpoints a killed run left half-written
+        tmp = root / temp_name(name)
+        tmp.mkdir()
     barrier()
+    if rank != 0:
+        tmp = _checkpoint_temp(root, name)
     save_weights(tmp / f"rng-rank{rank}.safetensors", _rng_state())
     if rank == 0:
         save_weights(tmp / "model.safetensors", weights(model))
@@ -158,6 +172,15 @@ def save_checkpoint(
             shutil.rmtree(stale, ignore_errors=True)
     barrier()
     return root / name
+
+
+def _checkpoint_temp(root: Path, name: str) -> Path:
+    """The temporary directory rank 0 made for checkpoint ``name`` (named after rank 0's
+    process, so other ranks find it: rank 0 reclaimed the stale ones of dead processes)."""
+    made = [p for p in root.glob(f"{TEMP_PREFIX}{name}-*") if p.is_dir()]
+    if not made:
+        raise RuntimeError(f"rank 0 made no temporary checkpoint {name} under {root}")
+    return max(made, key=lambda p: p.stat().st_mtime)
 
 
 def read_state(checkpoint: Path) -> TrainerState:

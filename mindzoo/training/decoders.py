@@ -25,15 +25,14 @@ written, and a run that fails before its first checkpoint removes the directory 
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict
-from safetensors.numpy import save_file
 
+from mindzoo.atomic import save_arrays
 from mindzoo.config import resolve_preset
 from mindzoo.datasets.store import TensorStore
 from mindzoo.datasets.views import DataConfig, FMRIDataset, make_splits, parse_target
@@ -162,9 +161,7 @@ def _write_decoder_results(
             "n_test_stimuli": len(stim),
             "n_voxels": model.n_voxels[subject],
         }
-    tmp = out / ".predictions.safetensors.tmp"
-    save_file({k: np.ascontiguousarray(v) for k, v in predictions.items()}, str(tmp))
-    os.replace(tmp, out / "predictions.safetensors")
+    save_arrays(predictions, out / "predictions.safetensors")
     metrics = {
         "dataset": store.dataset,
         "model": name,

@@ -23,16 +23,15 @@ encoder it starts from).
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict
-from safetensors.numpy import save_file
 from torch import nn
 
+from mindzoo.atomic import save_arrays
 from mindzoo.config import resolve_preset
 from mindzoo.datasets.ephys_views import EphysDataConfig, EphysDataset, recording_info
 from mindzoo.datasets.store import TensorStore
@@ -197,9 +196,7 @@ def _write_results(
         for subject, logits in predict_logits(model, test).items():
             predictions[f"{subject}/test_logits"] = logits.astype(np.float32)
             predictions[f"{subject}/test_labels"] = test.labels(subject).astype(np.int64)
-        tmp = out / ".predictions.safetensors.tmp"
-        save_file({k: np.ascontiguousarray(v) for k, v in predictions.items()}, str(tmp))
-        os.replace(tmp, out / "predictions.safetensors")
+        save_arrays(predictions, out / "predictions.safetensors")
     subjects = {
         s: {f"n_{split}_trials": splits[split].sizes[k] for split in splits}
         | {"n_channels": splits["train"].info.channels[s]}

@@ -12,10 +12,9 @@ import time
 from pathlib import Path
 
 import numpy as np
-from safetensors.numpy import save_file
 from tqdm.auto import tqdm
 
-from mindzoo.atomic import atomic_directory
+from mindzoo.atomic import atomic_directory, save_arrays
 from mindzoo.config import resolve_preset
 from mindzoo.datasets.store import TensorStore
 from mindzoo.errors import UserInputError
@@ -68,8 +67,8 @@ def fit_estimator(
                 "n_voxels": int(x_train.shape[1]),
                 "fit_seconds": round(time.perf_counter() - start, 3),
             }
-        save_file(weights, str(tmp / "model.safetensors"))
-        save_file(predictions, str(tmp / "predictions.safetensors"))
+        save_arrays(weights, tmp / "model.safetensors")
+        save_arrays(predictions, tmp / "predictions.safetensors")
         config = describe_run(name, settings, store, chosen)
         (tmp / "config.json").write_text(json.dumps(config, indent=2))
         (tmp / "metrics.json").write_text(

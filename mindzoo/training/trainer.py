@@ -102,6 +102,11 @@ def seed_everything(seed: int) -> None:
     set_seed(seed)
 
 
+def _val_text(val_loss: float | None) -> str:
+    """The progress bar's validation loss: ``n/a`` when there is no validation split."""
+    return "n/a" if val_loss is None else f"{val_loss:.4f}"
+
+
 def make_accelerator(config: TrainerConfig) -> Accelerator:
     """An Accelerator for ``config``; CPU when asked or when no GPU is present.
 
@@ -358,7 +363,7 @@ class Trainer:
             state.samples_seen += int(n_total)
             val_logs = self.validate(model, val) if val is not None else None
             val_loss = val_logs["loss"] if val_logs else None
-            bar.set_postfix(train=f"{total_loss / max(n_total, 1):.4f}", val=f"{val_loss or 0:.4f}")
+            bar.set_postfix(train=f"{total_loss / max(n_total, 1):.4f}", val=_val_text(val_loss))
             bar.close()
             improved = val_loss is not None and (
                 state.best_val_loss is None or val_loss < state.best_val_loss - cfg.min_delta

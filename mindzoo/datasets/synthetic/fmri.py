@@ -89,7 +89,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import tempfile
 from pathlib import Path
 
 import nibabel as nib
@@ -99,6 +98,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 import mindzoo
+from mindzoo.atomic import reclaim_stale, temp_sibling
 from mindzoo.datasets.stimuli import make_stimuli
 from mindzoo.datasets.synthetic.fmri_anatomy import Anatomy
 from mindzoo.datasets.synthetic.fmri_bold import Subject, draw_subject, run_onsets, simulate_run
@@ -130,8 +130,9 @@ def simulate_bids(out_dir: Path, config: SyntheticFMRIConfig, progress: bool = T
             "remove it or choose another directory"
         )
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
-    tmp.chmod(0o755)  # mkdtemp makes it private; the dataset is meant to be shared
+    reclaim_stale(out_dir.parent)  # what a killed simulation left
+    tmp = temp_sibling(out_dir)
+    tmp.mkdir()  # mode from the umask: the dataset is meant to be shared
     try:
         _write_dataset(tmp, config, progress)
         if out_dir.exists():
