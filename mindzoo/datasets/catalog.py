@@ -107,6 +107,7 @@ SIMULATORS: dict[str, tuple[str, str]] = {
     "fmri": ("mindzoo.datasets.synthetic.fmri", "SyntheticFMRIConfig"),
     "ieeg": ("mindzoo.datasets.synthetic.ieeg", "SyntheticIEEGConfig"),
     "eeg": ("mindzoo.datasets.synthetic.eeg", "SyntheticEEGConfig"),
+    "spikes": ("mindzoo.datasets.synthetic.spikes", "SyntheticSpikesConfig"),
 }
 
 

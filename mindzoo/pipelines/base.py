@@ -84,6 +84,7 @@ PIPELINES: dict[str, str] = {
     "nsd-mirror": "mindzoo.pipelines.fmri_store:NSD_MIRROR",
     "ieeg": "mindzoo.pipelines.ephys.pipeline:IEEG",
     "eeg": "mindzoo.pipelines.ephys.pipeline:EEG",
+    "spikes": "mindzoo.pipelines.spikes.pipeline:NWB_SPIKES",
 }
 
 
