@@ -23,6 +23,10 @@ def metrics_table(metrics: dict) -> Table:
 
     if metrics.get("kind") in EPHYS_KINDS:
         return ephys_table(metrics)
+    if metrics.get("kind") == "spikes":
+        from mindzoo.evaluation.spike_run import spike_table
+
+        return spike_table(metrics)
     first = next(iter(metrics["subjects"].values()))
     keys = [k for k in first if "." in k and not k.startswith("chance")]
     keys.append("noise_ceiling_median")

@@ -12,6 +12,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from rich.table import Table
+
 from mindzoo.datasets.spike_views import SpikeDataConfig
 from mindzoo.datasets.store import TensorStore
 from mindzoo.errors import UserInputError
@@ -70,6 +72,19 @@ def evaluate_spike_run(
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     _write_report(out, metrics)
     return metrics
+
+
+def spike_table(metrics: dict[str, Any]) -> Table:
+    """Subjects x the main spike metrics (those the run has) as a rich table."""
+    rows = [*metrics["subjects"].items(), ("mean", metrics["mean"])]
+    shown = [k for k in _SHOWN if all(k in row for _, row in rows)]
+    table = Table(title=f"{metrics['model']} on {metrics['dataset']} (test trials)")
+    table.add_column("subject")
+    for key in shown:
+        table.add_column(key.replace("_", " "), justify="right")
+    for name, row in rows:
+        table.add_row(name, *(f"{row[k]:.3f}" for k in shown))
+    return table
 
 
 def _write_report(out: Path, metrics: dict[str, Any]) -> None:
