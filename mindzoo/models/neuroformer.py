@@ -94,6 +94,13 @@ class NeuroformerConfig(BaseModel):
     frame_stride: list[int] | None = Field(
         None, description="Conv3d stride (time, h, w); None: the kernel (non-overlapping)."
     )
+    order: Literal["canonical", "official"] = Field(
+        "canonical",
+        description="'canonical': predict the next token's dt bin, then its unit given that bin, "
+        "both restricted to continuations of the (bin, unit) order the view uses, so the window "
+        "likelihood is a distribution over spike-count matrices (docs/decisions.md); "
+        "'official': id and dt predicted independently from one state, unconstrained.",
+    )
     contrastive: bool = Field(True, description="Add the spike/frame contrastive term.")
     clip_dim: int = Field(64, ge=1, description="Width of the contrastive projection.")
     clip_temperature: float = Field(0.5, gt=0, description="Contrastive temperature.")
@@ -102,7 +109,7 @@ class NeuroformerConfig(BaseModel):
 
 _ARCH_KEYS = (
     "n_embd n_head n_encoder_layers n_frame_layers n_history_layers n_stimulus_layers "
-    "n_behaviour_layers n_state_layers max_tokens max_prev_tokens dt_embedding learned_dt "
+    "n_behaviour_layers n_state_layers max_tokens max_prev_tokens dt_embedding learned_dt order "
     "frame_kernel "
     "frame_stride contrastive clip_dim"
 ).split()
@@ -176,6 +183,7 @@ class Neuroformer(SpikeModel):
             self.behaviour_blocks = blocks(cfg.n_behaviour_layers, e, h, p)
         self.state = blocks(cfg.n_state_layers, e, h, p)
         self.head_dt = nn.Linear(e, self.n_dt_vocab, bias=False)
+        self.id_given_dt = nn.Embedding(self.n_dt_vocab, e) if cfg.order == "canonical" else None
         self.clip = (
             nn.Linear(e, cfg.clip_dim, bias=False)
             if self.frames is not None and cfg.contrastive
@@ -283,6 +291,56 @@ class Neuroformer(SpikeModel):
         ldt[..., self.info.n_dt + 1 :] = float("-inf")
         return lid.log_softmax(-1), ldt.log_softmax(-1)
 
+    def dt_log_probs(
+        self, subject: str, x: torch.Tensor, in_ids: torch.Tensor, in_dts: torch.Tensor
+    ) -> torch.Tensor:
+        """Canonical order: log-probabilities of the next dt ``[B, T, n_dt + 3]`` given the
+        features ``x`` [B, T, E] and the input tokens at those positions; bins before the
+        previous spike's bin and outside the current window are impossible (-inf)."""
+        eos = self.info.specials(subject)[0]
+        ldt = self.head_dt(x).float()
+        bins = torch.arange(self.n_dt_vocab, device=x.device)
+        prev_bin = torch.where(in_ids < eos, in_dts, torch.zeros_like(in_dts))
+        n_bins, n_dt = self.info.n_bins, self.info.n_dt
+        impossible = (bins >= n_dt + 1) | ((bins >= n_bins) & (bins < n_dt))
+        impossible = impossible | (bins[None, None] < prev_bin[..., None])
+        return ldt.masked_fill(impossible, float("-inf")).log_softmax(-1)
+
+    def id_log_probs(
+        self,
+        subject: str,
+        x: torch.Tensor,
+        in_ids: torch.Tensor,
+        in_dts: torch.Tensor,
+        next_dt: torch.Tensor,
+    ) -> torch.Tensor:
+        """Canonical order: log-probabilities of the next unit ``[B, T, U + 3]`` given its dt
+        ``next_dt`` [B, T]: EOS exactly when the dt is EOS (log-probability 0), and inside the
+        previous spike's bin only units at or after the previous unit."""
+        eos, sos, _ = self.info.specials(subject)
+        h = x + self.id_given_dt(next_dt.clamp_max(self.n_dt_vocab - 1))
+        lid = self.head_id[_key(subject)](h).float()
+        units = torch.arange(lid.shape[-1], device=x.device)[None, None]
+        is_eos = (next_dt == self.info.n_dt)[..., None]
+        same_bin = ((in_ids < eos) & (next_dt == in_dts))[..., None]
+        impossible = (units >= sos) | torch.where(is_eos, units != eos, units == eos)
+        impossible = impossible | (same_bin & (units < in_ids[..., None]))
+        return lid.masked_fill(impossible, float("-inf")).log_softmax(-1)
+
+    def token_log_probs(
+        self, subject: str, x: torch.Tensor, ids: torch.Tensor, dts: torch.Tensor,
+        tid: torch.Tensor, tdt: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+        """log p(target id) and log p(target dt) per position ``[B, T]`` (either order)."""
+        if self.id_given_dt is None:
+            lid, ldt = self.logits(subject, x)
+        else:
+            ldt = self.dt_log_probs(subject, x, ids, dts)
+            lid = self.id_log_probs(subject, x, ids, dts, tdt)
+        pick_id = lid.gather(-1, tid.unsqueeze(-1)).squeeze(-1)
+        pick_dt = ldt.gather(-1, tdt.unsqueeze(-1)).squeeze(-1)
+        return pick_id, pick_dt
+
     # ----------------------------------------------------------------------------- training
     def _split(self, batch: SpikeBatch) -> tuple[torch.Tensor, ...]:
         t = int(batch.length.max())
@@ -296,9 +354,8 @@ class Neuroformer(SpikeModel):
         ids, dts, tid, tdt, valid = self._split(batch)
         ctx = self.context(batch)
         out = self.decode(batch.subject, ids, dts, ctx)
-        lid, ldt = self.logits(batch.subject, out["x"])
-        nll_id = -lid.gather(-1, tid.unsqueeze(-1)).squeeze(-1)[valid]
-        nll_dt = -ldt.gather(-1, tdt.unsqueeze(-1)).squeeze(-1)[valid]
+        lp_id, lp_dt = self.token_log_probs(batch.subject, out["x"], ids, dts, tid, tdt)
+        nll_id, nll_dt = -lp_id[valid], -lp_dt[valid]
         loss_id, loss_dt = nll_id.mean(), nll_dt.mean()
         w = valid.unsqueeze(-1).to(out["x"].dtype)
         pooled = (out["x"] * w).sum(1) / w.sum(1).clamp_min(1.0)
@@ -353,10 +410,8 @@ class Neuroformer(SpikeModel):
     def window_log_likelihood(self, batch: SpikeBatch) -> torch.Tensor:
         ids, dts, tid, tdt, valid = self._split(batch)
         out = self.decode(batch.subject, ids, dts, self.context(batch))
-        lid, ldt = self.logits(batch.subject, out["x"])
-        ll = lid.gather(-1, tid.unsqueeze(-1)).squeeze(-1) + ldt.gather(
-            -1, tdt.unsqueeze(-1)
-        ).squeeze(-1)
+        lp_id, lp_dt = self.token_log_probs(batch.subject, out["x"], ids, dts, tid, tdt)
+        ll = lp_id + lp_dt
         return torch.where(
             valid, ll.double(), torch.zeros((), dtype=torch.float64, device=ll.device)
         ).sum(1)

@@ -177,11 +177,20 @@ def sample_windows(
     done = torch.zeros(b, dtype=torch.bool)
     for _ in range(max_spikes):
         x = model.decode(batch.subject, ids, dts, ctx)["x"][:, -1:]
-        lid, ldt = model.logits(batch.subject, x)
-        p_id = lid[:, 0].exp().cpu().double()
-        p_dt = ldt[:, 0, : info.n_bins].exp().cpu().double()
-        nxt = torch.multinomial(p_id, 1, generator=generator)[:, 0]
-        bins = torch.multinomial(p_dt.clamp_min(1e-300), 1, generator=generator)[:, 0]
+        if model.id_given_dt is not None:  # canonical order: the bin (or EOS), then the unit
+            ldt = model.dt_log_probs(batch.subject, x, ids[:, -1:], dts[:, -1:])
+            p_dt = ldt[:, 0].exp().cpu().double()
+            bins = torch.multinomial(p_dt, 1, generator=generator)[:, 0]
+            lid = model.id_log_probs(
+                batch.subject, x, ids[:, -1:], dts[:, -1:], bins[:, None].to(device)
+            )
+            nxt = torch.multinomial(lid[:, 0].exp().cpu().double(), 1, generator=generator)[:, 0]
+        else:
+            lid, ldt = model.logits(batch.subject, x)
+            p_id = lid[:, 0].exp().cpu().double()
+            p_dt = ldt[:, 0, : info.n_bins].exp().cpu().double()
+            nxt = torch.multinomial(p_id, 1, generator=generator)[:, 0]
+            bins = torch.multinomial(p_dt.clamp_min(1e-300), 1, generator=generator)[:, 0]
         stop = done | (nxt == eos)
         nxt = torch.where(stop, torch.full_like(nxt, pad), nxt)
         bins = torch.where(stop, torch.full_like(bins, info.n_dt + 2), bins)

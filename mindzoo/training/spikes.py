@@ -77,6 +77,9 @@ def train_spikes(
     settings = resolve_spike_settings(name, overrides or [])
     init = read_init_run(name, settings.init)
     family = init_spec(name)
+    if init is not None and family.prepare is not None:  # a fine-tune keeps the init's sizes
+        model_settings, _ = family.prepare(dict(settings.model), init)
+        settings = settings.model_copy(update={"model": model_settings})
     store = TensorStore.open(store_path)
     chosen = store.pick_subjects(subjects)
     data_config = SpikeDataConfig(**settings.data)

@@ -32,6 +32,7 @@ TINY = NeuroformerConfig(
     max_tokens=20,
     max_prev_tokens=40,
     clip_dim=8,
+    order="official",  # most tests check the official factorisation; canonical: its own tests
 )
 DATA = SpikeDataConfig(max_tokens=20, max_prev_tokens=40, behaviour=["speed"])
 
@@ -171,6 +172,48 @@ def test_probabilities_of_all_windows_sum_to_at_most_one(tmp_path: Path) -> None
     assert float(probs.sum()) == pytest.approx(1.0, abs=1e-6)
     windows = float(probs[torch.tensor(canonical)].sum())
     assert 0 < windows < 1
+
+
+def test_canonical_order_is_a_distribution_over_count_matrices(tmp_path: Path) -> None:
+    """2 units x 2 bins, canonical order: the complete windows of <= 2 spikes and the 3-spike
+    prefixes (truncated windows) partition all outcomes, so their probabilities sum to 1 --
+    no mass on non-canonical orders; the same unit may repeat inside a bin."""
+    store = TensorStore.open(write_store(tmp_path, n_units=2, rate=30.0))
+    cfg = SpikeDataConfig(
+        window=0.02, prev_window=0.02, max_tokens=3, max_prev_tokens=40, n_frames=0
+    )
+    view = SpikeWindows(store, ["mouse"], "train", cfg)
+    model = model_for(view.info, n_stimulus_layers=0, order="canonical")
+    n_dt = view.info.n_dt
+    assert n_dt == 2
+    eos, sos, pad = view.info.specials("mouse")
+    rows = []
+    for n in range(4):
+        for cells in itertools.combinations_with_replacement(range(4), n):
+            ids = [sos] + [c % 2 for c in cells] + ([eos] if n < 3 else [])
+            dts = [n_dt + 1] + [c // 2 for c in cells] + ([n_dt] if n < 3 else [])
+            rows.append((ids, dts))
+    b = len(rows)
+    template = view.batch([0] * b)
+    id_, dt_ = torch.full((b, 5), pad), torch.full((b, 5), n_dt + 2)
+    for k, (ids, dts) in enumerate(rows):
+        id_[k, : len(ids)], dt_[k, : len(dts)] = torch.tensor(ids), torch.tensor(dts)
+    lengths = torch.tensor([len(ids) for ids, _ in rows])
+    batch = dataclasses.replace(template, id=id_, dt=dt_, length=lengths)
+    probs = model.window_log_likelihood(batch).exp()
+    assert float(probs.sum()) == pytest.approx(1.0, abs=1e-6)
+    # a non-canonical order (unit 1 before unit 0 in bin 0) is impossible
+    bad = dataclasses.replace(
+        template,
+        id=torch.tensor([[sos, 1, 0, eos, pad]] * b),
+        dt=torch.tensor([[n_dt + 1, 0, 0, n_dt, n_dt + 2]] * b),
+        length=torch.full((b,), 4),
+    )
+    assert torch.isinf(model.window_log_likelihood(bad)).all()
+    draws = model.sample(view.batch(range(6)), torch.Generator().manual_seed(0))
+    for bins, units in draws:  # samples come out in canonical order
+        cells = bins * 2 + units
+        assert (np.diff(cells) >= 0).all() and len(cells) <= 3
 
 
 def test_causal_later_tokens_do_not_change_earlier_log_probs(view: SpikeWindows) -> None:
