@@ -48,6 +48,7 @@ from mindzoo.models.neuroformer_layers import (
     sinusoid,
 )
 from mindzoo.models.spike_base import SpikeModel
+from mindzoo.models.spike_baselines import choose_alpha, ridge_fold_stats, ridge_solve, sum_stats
 from mindzoo.models.trainable import InitRun, StageInit
 
 
@@ -105,6 +106,23 @@ class NeuroformerConfig(BaseModel):
     clip_dim: int = Field(64, ge=1, description="Width of the contrastive projection.")
     clip_temperature: float = Field(0.5, gt=0, description="Contrastive temperature.")
     behaviour_weight: float = Field(1.0, ge=0, description="Weight of the behaviour MSE.")
+    behaviour_readout: Literal["probe", "finetune"] = Field(
+        "probe",
+        description="How the behaviour head learns: 'probe': ridge (alpha by cross-validation "
+        "over training trials) on the frozen pre-trained model's features, no gradient step "
+        "(needs init=RUN); 'finetune': gradient training of the whole model with the MSE added "
+        "to the spike losses (the official way).",
+    )
+    behaviour_features: Literal["mean", "sum", "sum+past"] = Field(
+        "mean",
+        description="Features the behaviour head reads: the mean or sum of the final features "
+        "over the current window's tokens, or that sum and the sum of the past window's token "
+        "embeddings (official: mean).",
+    )
+    behaviour_alphas: list[float] = Field(
+        default_factory=lambda: [10.0**k for k in range(-2, 7)],
+        description="Ridge penalties tried by the probe (on standardised features).",
+    )
 
 
 _ARCH_KEYS = (
@@ -189,7 +207,12 @@ class Neuroformer(SpikeModel):
             if self.frames is not None and cfg.contrastive
             else None
         )
-        self.behaviour_head = nn.Linear(e, n_beh) if n_beh and not self.behaviour_input else None
+        width = 2 * e if cfg.behaviour_features == "sum+past" else e
+        self.behaviour_head = (
+            nn.Linear(width, n_beh) if n_beh and not self.behaviour_input else None
+        )
+        if self.behaviour_head is not None and cfg.behaviour_readout == "probe":
+            self.requires_grad_(False)  # a probe: the pre-trained model stays as it is
         self.register_buffer("behaviour_mean", torch.zeros(max(n_beh, 1)))
         self.register_buffer("behaviour_std", torch.ones(max(n_beh, 1)))
         self.apply(self._init_weights)
@@ -219,7 +242,7 @@ class Neuroformer(SpikeModel):
     def context(self, batch: SpikeBatch) -> dict[str, torch.Tensor]:
         """What the current window attends to: past tokens ``prev`` [B, P, E] with their keep
         mask ``prev_keep`` [B, 1, 1, P] (valid tokens; slot 0 always, so an empty past attends
-        to one PAD), encoded frame tokens ``frames`` [B, 1 + F, E] (without the SOS, which the
+        to one PAD) and ``prev_valid`` [B, P] (valid tokens only), encoded frame tokens ``frames`` [B, 1 + F, E] (without the SOS, which the
         decoder prepends), behaviour tokens ``behaviour`` [B, D, E]."""
         self.check_subject(batch.subject)
         _, _, pad = self.info.specials(batch.subject)
@@ -237,6 +260,7 @@ class Neuroformer(SpikeModel):
                 batch.subject, batch.prev_id[:, :p], batch.prev_dt[:, :p], self.pos_prev, 1
             ),
             "prev_keep": keep[:, None, None, :],
+            "prev_valid": valid[:, :p],
         }
         if self.frames is not None and batch.frames is not None:
             out["frames"] = self.frames(batch.frames)
@@ -359,6 +383,7 @@ class Neuroformer(SpikeModel):
         loss_id, loss_dt = nll_id.mean(), nll_dt.mean()
         w = valid.unsqueeze(-1).to(out["x"].dtype)
         pooled = (out["x"] * w).sum(1) / w.sum(1).clamp_min(1.0)
+        features = self._behaviour_features(out["x"], w, pooled, ctx)
         parts = {"id": loss_id, "dt": loss_dt}
         scale = 1.0
         if self.clip is not None and "frames" in out:
@@ -371,15 +396,29 @@ class Neuroformer(SpikeModel):
             loss = loss + parts["clip"] / 4.0
         if self.behaviour_head is not None and batch.behaviour is not None:
             z = (batch.behaviour - self.behaviour_mean) / self.behaviour_std
-            parts["behaviour"] = F.mse_loss(self.behaviour_head(pooled), z)
+            parts["behaviour"] = F.mse_loss(self.behaviour_head(features), z)
             loss = loss + self.config.behaviour_weight * parts["behaviour"]
-        return {"loss": loss, **parts, "pooled": pooled}
+        return {"loss": loss, **parts, "pooled": pooled, "features": features}
+
+    def _behaviour_features(
+        self, x: torch.Tensor, w: torch.Tensor, pooled: torch.Tensor, ctx: dict[str, torch.Tensor]
+    ) -> torch.Tensor:
+        """What the behaviour head reads (``model.behaviour_features``), [B, E] or [B, 2E], from
+        the final features ``x`` [B, T, E] with valid-position weights ``w`` [B, T, 1]."""
+        kind = self.config.behaviour_features
+        if kind == "mean":
+            return pooled
+        total = (x * w).sum(1)
+        if kind == "sum":
+            return total
+        keep = ctx["prev_valid"].unsqueeze(-1).to(x.dtype)
+        return torch.cat([total, (ctx["prev"] * keep).sum(1)], dim=1)
 
     def training_step(
         self, batch: SpikeBatch, forward: Any = None
     ) -> tuple[torch.Tensor, dict[str, float]]:
         out = (forward or self)(batch)
-        logs = {k: v.detach().item() for k, v in out.items() if k != "pooled"}
+        logs = {k: v.detach().item() for k, v in out.items() if k not in ("pooled", "features")}
         return out["loss"], logs
 
     def optimizer_groups(self, params: Any) -> list[dict[str, Any]]:
@@ -404,6 +443,54 @@ class Neuroformer(SpikeModel):
         allv = torch.cat(values).double()
         self.behaviour_mean.copy_(allv.mean(0).float())
         self.behaviour_std.copy_(allv.std(0).clamp_min(1e-6).float() if len(allv) > 1 else 1.0)
+        if self.behaviour_head is not None and self.config.behaviour_readout == "probe":
+            self._fit_probe(train)
+
+    @property
+    def init_required(self) -> str | None:
+        """A probe reads a pre-trained model's features: it needs ``init=RUN``."""
+        if self.behaviour_head is None or self.config.behaviour_readout != "probe":
+            return None
+        return (
+            "model.behaviour_readout=probe fits the behaviour head on a pre-trained model: add "
+            "--set init=RUN (a neuroformer run), or --set model.behaviour_readout=finetune to "
+            "train it with the model"
+        )
+
+    @torch.no_grad()
+    def _fit_probe(self, train: Any) -> None:
+        """Fit the behaviour head in closed form: ridge from the frozen model's features
+        (standardised over the training windows) to the standardised behaviour, alpha by
+        cross-validation with folds of whole trials (5, or fewer with fewer trials)."""
+        was_training = self.training
+        self.eval()
+        device = next(self.parameters()).device
+        keys = list(zip(train.windows["subject"], train.windows["trial"], strict=True))
+        groups = {k: i for i, k in enumerate(dict.fromkeys(keys))}
+        n_folds = max(1, min(5, len(groups)))
+        stats = None
+        for subject in train.subjects:
+            rows = train.subject_slice(subject)
+            for b in range(rows.start, rows.stop, 256):
+                batch = train.batch(range(b, min(b + 256, rows.stop)))
+                x = self.forward(batch.to(device))["features"].double().cpu().numpy()
+                z = (batch.behaviour - self.behaviour_mean.cpu()) / self.behaviour_std.cpu()
+                folds = np.array([groups[(subject, int(t))] % n_folds for t in batch.trial])
+                stats = ridge_fold_stats(x, z.double().numpy(), folds, n_folds, stats)
+        total = sum_stats(stats)
+        n = float(total["n"])
+        var = total["sxx"].diagonal() / n - (total["sx"] / n) ** 2
+        scale = 1.0 / np.sqrt(np.maximum(var, 1e-12))
+        for s in stats:
+            s["sx"], s["sxy"] = s["sx"] * scale, s["sxy"] * scale[:, None]
+            s["sxx"] = s["sxx"] * np.outer(scale, scale)
+        alpha = choose_alpha(stats, self.config.behaviour_alphas)
+        weights, bias = ridge_solve(sum_stats(stats), alpha)
+        head = self.behaviour_head
+        head.weight.copy_(torch.from_numpy((weights * scale[:, None]).T).to(head.weight))
+        head.bias.copy_(torch.from_numpy(bias).to(head.bias))
+        self.probe_alpha = alpha
+        self.train(was_training)
 
     # ---------------------------------------------------------------------------- evaluation
     @torch.no_grad()
@@ -426,8 +513,8 @@ class Neuroformer(SpikeModel):
     def predict_behaviour(self, batch: SpikeBatch) -> torch.Tensor:
         if self.behaviour_head is None:
             return super().predict_behaviour(batch)
-        pooled = self.forward(batch)["pooled"]
-        return self.behaviour_head(pooled) * self.behaviour_std + self.behaviour_mean
+        features = self.forward(batch)["features"]
+        return self.behaviour_head(features) * self.behaviour_std + self.behaviour_mean
 
     def coupling(self, view: Any, subject: str) -> np.ndarray:
         """Mean past-window cross-attention ``[i, j]``: from the positions whose next token is

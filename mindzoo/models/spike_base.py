@@ -50,6 +50,11 @@ class SpikeModel(TrainableModel):
         """Whether the trainer has anything to optimise (closed-form models: False)."""
         return any(p.requires_grad for p in self.parameters())
 
+    @property
+    def init_required(self) -> str | None:
+        """Why this configuration cannot train without ``init=RUN`` (None: it can)."""
+        return None
+
     def fit(self, train: Any) -> None:
         """Closed-form fit on a :class:`~mindzoo.datasets.spike_views.SpikeWindows` view
         (before any gradient training); the default fits nothing."""

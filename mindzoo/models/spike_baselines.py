@@ -398,8 +398,8 @@ class SpikeRidge(SpikeModel):
             )
         for subject in self.info.units:
             stats = self._fold_stats(train, subject)
-            alpha = self._choose_alpha(stats)
-            w, b = _ridge_solve(_sum_stats(stats), alpha)
+            alpha = choose_alpha(stats, self.config.alphas)
+            w, b = ridge_solve(sum_stats(stats), alpha)
             k = _key(subject)
             getattr(self, f"weights_{k}").copy_(torch.from_numpy(w))
             getattr(self, f"intercept_{k}").copy_(torch.from_numpy(b))
@@ -410,59 +410,20 @@ class SpikeRidge(SpikeModel):
         trials = np.unique(train.windows["trial"].to_numpy()[train.subject_slice(subject)])
         n_folds = max(1, min(self.config.n_folds, len(trials)))
         fold_of = {int(t): i % n_folds for i, t in enumerate(trials)}
-        n_f = self.n_feat_bins * self.info.units[subject]
-        d = sum(self.info.behaviour_dims)
-        stats = [
-            {
-                "n": np.zeros(()),
-                "sx": np.zeros(n_f),
-                "sy": np.zeros(d),
-                "sxx": np.zeros((n_f, n_f)),
-                "sxy": np.zeros((n_f, d)),
-                "syy": np.zeros(d),
-            }
-            for _ in range(n_folds)
-        ]
+        stats = None
         for batch in iter_batches(train, subject):
-            x = self.features(batch).numpy()
-            y = batch.behaviour.double().numpy()
             folds = np.array([fold_of[int(t)] for t in batch.trial])
-            for f in np.unique(folds):
-                xs, ys, s = x[folds == f], y[folds == f], stats[f]
-                s["n"] = s["n"] + len(xs)
-                s["sx"] += xs.sum(0)
-                s["sy"] += ys.sum(0)
-                s["sxx"] += xs.T @ xs
-                s["sxy"] += xs.T @ ys
-                s["syy"] += (ys**2).sum(0)
+            stats = ridge_fold_stats(
+                self.features(batch).numpy(),
+                batch.behaviour.double().numpy(),
+                folds,
+                n_folds,
+                stats,
+            )
+        stats = stats or []
         if not any(s["n"] for s in stats):
             raise UserInputError(f"{subject} has no training windows for spike-ridge")
         return stats
-
-    def _choose_alpha(self, stats: list[dict[str, np.ndarray]]) -> float:
-        alphas = self.config.alphas
-        if len(stats) < 2:
-            return float(alphas[len(alphas) // 2])
-        total = _sum_stats(stats)
-        var = total["syy"] / total["n"] - (total["sy"] / total["n"]) ** 2
-        scale = 1.0 / np.maximum(var, 1e-12)
-        errors = np.zeros(len(alphas))
-        for held in stats:
-            if not held["n"]:
-                continue
-            rest = {k: total[k] - held[k] for k in total}
-            for i, alpha in enumerate(alphas):
-                w, b = _ridge_solve(rest, alpha)
-                sse = (
-                    held["syy"]
-                    - 2 * (w * held["sxy"]).sum(0)
-                    - 2 * b * held["sy"]
-                    + np.einsum("fd,fg,gd->d", w, held["sxx"], w)
-                    + 2 * b * (held["sx"] @ w)
-                    + held["n"] * b**2
-                )
-                errors[i] += float((sse * scale).sum())
-        return float(alphas[int(np.argmin(errors))])
 
     def predict_behaviour(self, batch: SpikeBatch) -> torch.Tensor:
         self.check_subject(batch.subject)
@@ -485,11 +446,11 @@ class SpikeRidge(SpikeModel):
         )
 
 
-def _sum_stats(stats: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+def sum_stats(stats: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
     return {k: sum(s[k] for s in stats) for k in stats[0]}
 
 
-def _ridge_solve(stats: dict[str, np.ndarray], alpha: float) -> tuple[np.ndarray, np.ndarray]:
+def ridge_solve(stats: dict[str, np.ndarray], alpha: float) -> tuple[np.ndarray, np.ndarray]:
     """Ridge weights [F, D] and intercept [D] from sufficient statistics (centred inside)."""
     n = max(float(stats["n"]), 1.0)
     mx, my = stats["sx"] / n, stats["sy"] / n
@@ -497,3 +458,64 @@ def _ridge_solve(stats: dict[str, np.ndarray], alpha: float) -> tuple[np.ndarray
     cxy = stats["sxy"] - n * np.outer(mx, my)
     w = np.linalg.solve(cxx + alpha * np.eye(len(mx)), cxy)
     return w, my - mx @ w
+
+
+def ridge_fold_stats(
+    x: np.ndarray,
+    y: np.ndarray,
+    folds: np.ndarray,
+    n_folds: int,
+    stats: list[dict[str, np.ndarray]] | None = None,
+) -> list[dict[str, np.ndarray]]:
+    """Add rows ``x`` [N, F] / ``y`` [N, D] (float64) to the sufficient statistics (n, Sx, Sy,
+    Sxx, Sxy, Syy) of their cross-validation fold ``folds`` [N] (0..n_folds-1); new ones when
+    ``stats`` is None. Streaming, so features never have to fit in memory at once."""
+    if stats is None:
+        f, d = x.shape[1], y.shape[1]
+        stats = [
+            {
+                "n": np.zeros(()),
+                "sx": np.zeros(f),
+                "sy": np.zeros(d),
+                "sxx": np.zeros((f, f)),
+                "sxy": np.zeros((f, d)),
+                "syy": np.zeros(d),
+            }
+            for _ in range(n_folds)
+        ]
+    for fold in np.unique(folds):
+        xs, ys, s = x[folds == fold], y[folds == fold], stats[fold]
+        s["n"] = s["n"] + len(xs)
+        s["sx"] += xs.sum(0)
+        s["sy"] += ys.sum(0)
+        s["sxx"] += xs.T @ xs
+        s["sxy"] += xs.T @ ys
+        s["syy"] += (ys**2).sum(0)
+    return stats
+
+
+def choose_alpha(stats: list[dict[str, np.ndarray]], alphas: list[float]) -> float:
+    """The ridge penalty of ``alphas`` with the least held-out squared error over the folds
+    (each variable's error divided by its variance); the middle one with fewer than 2 folds."""
+    if len(stats) < 2:
+        return float(alphas[len(alphas) // 2])
+    total = sum_stats(stats)
+    var = total["syy"] / total["n"] - (total["sy"] / total["n"]) ** 2
+    scale = 1.0 / np.maximum(var, 1e-12)
+    errors = np.zeros(len(alphas))
+    for held in stats:
+        if not held["n"]:
+            continue
+        rest = {k: total[k] - held[k] for k in total}
+        for i, alpha in enumerate(alphas):
+            w, b = ridge_solve(rest, alpha)
+            sse = (
+                held["syy"]
+                - 2 * (w * held["sxy"]).sum(0)
+                - 2 * b * held["sy"]
+                + np.einsum("fd,fg,gd->d", w, held["sxx"], w)
+                + 2 * b * (held["sx"] @ w)
+                + held["n"] * b**2
+            )
+            errors[i] += float((sse * scale).sum())
+    return float(alphas[int(np.argmin(errors))])

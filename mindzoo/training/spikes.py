@@ -30,6 +30,7 @@ from pydantic import BaseModel, ConfigDict
 from mindzoo.config import resolve_preset
 from mindzoo.datasets.spike_views import SpikeDataConfig, SpikeWindows, spike_info
 from mindzoo.datasets.store import TensorStore
+from mindzoo.errors import UserInputError
 from mindzoo.models import count_parameters, create_model, get_model_info
 from mindzoo.training import checkpoint as ckpt
 from mindzoo.training.ephys import init_spec, read_init_run
@@ -88,6 +89,8 @@ def train_spikes(
     accelerator = make_accelerator(trainer_config)
     seed_everything(trainer_config.seed)
     model = create_model(name, settings.model, info=info)
+    if init is None and model.init_required:
+        raise UserInputError(f"{name}: {model.init_required}")
     if init is not None and family.apply is not None:
         family.apply(model, init)
     config = describe_run(

@@ -8,7 +8,9 @@ import math
 from pathlib import Path
 
 import pytest
+import torch
 from factories.cli import cli, sets
+from safetensors.torch import load_file
 
 from mindzoo.datasets.store import TensorStore
 
@@ -80,6 +82,18 @@ def test_neuroformer_pretrain_finetune_and_ridge(spike_store: Path, tmp_path: Pa
     assert cli("train", "neuroformer", *args, "--out", str(tuned), *sets(fine)) == 0
     assert json.loads((tuned / "config.json").read_text())["init"] == str(pre.resolve())
     assert math.isfinite(_evaluate(tuned)["behaviour_r2"])
+    # the default probe leaves the pre-trained model as it was; only the head is new
+    before, after = load_file(pre / "model.safetensors"), load_file(tuned / "model.safetensors")
+    assert {k for k in after if k not in before} == {"behaviour_head.weight", "behaviour_head.bias"}
+    assert all(torch.equal(before[k], after[k]) for k in before if "behaviour" not in k)
+    finetuned = tmp_path / "nf-finetune"
+    fine = [*fine, "model.behaviour_readout=finetune"]
+    assert cli("train", "neuroformer", *args, "--out", str(finetuned), *sets(fine)) == 0
+    assert math.isfinite(_evaluate(finetuned)["behaviour_r2"])
+    # a probe without a pre-trained model: one line, exit 2, no run directory
+    scratch = tmp_path / "nf-scratch"
+    assert cli("train", "neuroformer", *args, "--out", str(scratch), *sets(few)) == 2
+    assert not scratch.exists()
     ridge = tmp_path / "ridge"
     assert cli("train", "spike-ridge", *args, "--out", str(ridge), *sets(few)) == 0
     ridge_scores = _evaluate(ridge)  # its recovery of a linear read-out: test_spike_baselines

@@ -33,6 +33,7 @@ TINY = NeuroformerConfig(
     max_prev_tokens=40,
     clip_dim=8,
     order="official",  # most tests check the official factorisation; canonical: its own tests
+    behaviour_readout="finetune",  # gradient tests; the probe has its own test
 )
 DATA = SpikeDataConfig(max_tokens=20, max_prev_tokens=40, behaviour=["speed"])
 
@@ -100,7 +101,8 @@ def test_shapes_and_loss_parts(view: SpikeWindows) -> None:
     model = model_for(view.info)
     batch = view.batch(range(8))
     out = model(batch)
-    assert set(out) == {"loss", "id", "dt", "clip", "behaviour", "pooled"}
+    assert set(out) == {"loss", "id", "dt", "clip", "behaviour", "pooled", "features"}
+    assert torch.equal(out["features"], out["pooled"])  # behaviour_features=mean
     assert out["pooled"].shape == (8, 16)
     # fresh model: id/dt CE near log of the allowed vocab (units + EOS, bins + EOS)
     assert abs(out["id"].item() - math.log(6 + 1)) < 0.2
@@ -313,3 +315,36 @@ def test_paper_preset_resolves_to_the_paper_sizes() -> None:
     assert 23e6 < n < 25e6, n  # 30 blocks of 256 wide (~0.79 M each) + embeddings, heads
     default = count_parameters(Neuroformer(NeuroformerConfig(), **REFERENCE_SHAPES))
     assert default < 1e6
+
+
+def test_probe_is_a_ridge_on_the_frozen_features(view: SpikeWindows) -> None:
+    model = model_for(view.info, behaviour_readout="probe", behaviour_alphas=[3.0])
+    assert not model.needs_training and model.init_required is not None
+    before = {k: v.clone() for k, v in model.state_dict().items() if "behaviour" not in k}
+    model.fit(view)
+    assert model.probe_alpha == 3.0
+    for key, value in model.state_dict().items():
+        if "behaviour" not in key:
+            assert torch.equal(value, before[key]), key
+    batch = view.batch(range(len(view)))
+    with torch.no_grad():
+        x = model(batch)["features"].double().numpy()
+        fitted = model.behaviour_head(model(batch)["features"]).double().numpy()
+    z = ((batch.behaviour - model.behaviour_mean) / model.behaviour_std).double().numpy()
+    xs = (x - x.mean(0)) / x.std(0)
+    w = np.linalg.solve(xs.T @ xs + 3.0 * np.eye(x.shape[1]), xs.T @ (z - z.mean(0)))
+    np.testing.assert_allclose(fitted, xs @ w + z.mean(0), atol=1e-4)
+    # the default readout of the mean final features, its predictions in behaviour units
+    pred = model.predict_behaviour(batch).double().numpy()
+    std, mean = model.behaviour_std.double().numpy(), model.behaviour_mean.double().numpy()
+    np.testing.assert_allclose(pred, fitted * std + mean, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind,width", [("sum", 16), ("sum+past", 32)])
+def test_behaviour_features(view: SpikeWindows, kind: str, width: int) -> None:
+    model = model_for(view.info, behaviour_features=kind)
+    batch = view.batch(range(8))
+    out = model(batch)
+    assert out["features"].shape == (8, width)
+    n = batch.length.clamp_max(int(batch.length.max())).to(out["pooled"].dtype) - 1
+    torch.testing.assert_close(out["features"][:, :16], out["pooled"] * n.clamp_min(1)[:, None])
