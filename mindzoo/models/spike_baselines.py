@@ -350,7 +350,13 @@ class SpikeRidgeConfig(BaseModel):
         description="Ridge penalties tried by cross-validation over training trials.",
     )
     n_folds: int = Field(5, ge=2, description="Cross-validation folds (grouped by trial).")
-    bin_factor: int = Field(1, ge=1, description="Adjacent dt bins summed into one feature.")
+    bin_factor: int | None = Field(
+        None,
+        ge=1,
+        description="Adjacent dt bins summed into one feature; None: the bins of one "
+        "data.window (one count per unit and window; chosen on validation trials, see "
+        "docs/decisions.md).",
+    )
     history: bool = Field(True, description="Use the past window's counts too.")
 
 
@@ -365,10 +371,11 @@ class SpikeRidge(SpikeModel):
         super().__init__(info)
         self.config = config
         self.n_time = (info.n_prev_bins if config.history else 0) + info.n_bins
-        self.n_feat_bins = self.n_time // config.bin_factor
+        self.bin_factor = config.bin_factor or info.n_bins
+        self.n_feat_bins = self.n_time // self.bin_factor
         if self.n_feat_bins < 1:
             raise UserInputError(
-                f"bin_factor={config.bin_factor} is longer than the {self.n_time} bins read"
+                f"bin_factor={self.bin_factor} is longer than the {self.n_time} bins read"
             )
         dims = sum(info.behaviour_dims)
         for subject, n in info.units.items():
@@ -384,7 +391,7 @@ class SpikeRidge(SpikeModel):
         counts = batch.counts
         if self.config.history:
             counts = torch.cat([batch.prev_counts, counts], dim=2)
-        f = self.config.bin_factor
+        f = self.bin_factor
         counts = counts[..., counts.shape[2] - self.n_feat_bins * f :]
         b, u, _ = counts.shape
         return counts.reshape(b, u, self.n_feat_bins, f).sum(-1).reshape(b, -1).double()

@@ -206,6 +206,14 @@ def test_ridge_decodes_a_linear_behaviour(store: TensorStore, train: SpikeWindow
         model.window_log_likelihood(train.batch(range(2)))
 
 
+def test_ridge_features_sum_counts_per_window(train: SpikeWindows) -> None:
+    model = fitted("spike-ridge", train)
+    batch = train.batch(range(4))
+    features = model.features(batch).reshape(4, -1, 2)  # default: one count per window
+    assert torch.equal(features[..., 0], batch.prev_counts.sum(-1).double())
+    assert torch.equal(features[..., 1], batch.counts.sum(-1).double())
+
+
 def test_ridge_needs_behaviour(store: TensorStore) -> None:
     view = SpikeWindows(store, ["sub-01"], "train", SpikeDataConfig(n_frames=0))
     with pytest.raises(UserInputError, match="data.behaviour"):
