@@ -34,6 +34,7 @@ TINY = NeuroformerConfig(
     clip_dim=8,
     order="official",  # most tests check the official factorisation; canonical: its own tests
     behaviour_readout="finetune",  # gradient tests; the probe has its own test
+    behaviour_features="mean",  # the official read-out; the others: test_behaviour_features
 )
 DATA = SpikeDataConfig(max_tokens=20, max_prev_tokens=40, behaviour=["speed"])
 
