@@ -208,22 +208,28 @@ def test_generation_stays_in_trials_at_the_models_rates(store: TensorStore) -> N
     np.testing.assert_array_equal(again, generated)  # seeded
 
 
-def test_closed_loop_feeds_generated_spikes_back(store: TensorStore) -> None:
-    """A model that copies its past window: with a silent first draw everything stays silent."""
+@pytest.mark.parametrize("prev_window,n_recorded", [(0.05, 1), (0.25, 5)])
+def test_closed_loop_feeds_generated_spikes_back(
+    store: TensorStore, prev_window: float, n_recorded: int
+) -> None:
+    """A model that never spikes: a window's past holds recorded spikes only while it reaches
+    back before the trial's first window; later pasts are the (empty) generated windows."""
+    data = DATA.model_copy(update={"prev_window": prev_window})
 
     class Echo(torch.nn.Module):
-        info = SpikeWindows(store, ["sub-01"], "test", DATA).info
+        info = SpikeWindows(store, ["sub-01"], "test", data).info
         seen: list[float] = []
 
         def sample(self, batch, generator):
             self.seen.append(float(batch.prev_counts.sum()))
             return [(np.zeros(0, int), np.zeros(0, int)) for _ in range(len(batch))]
 
-    test = SpikeWindows(store, ["sub-01"], "test", DATA)
+    test = SpikeWindows(store, ["sub-01"], "test", data)
     model = Echo()
     generate_trials(model, test, "sub-01", torch.Generator())
-    assert model.seen[0] > 0  # the first window's past: recorded spikes before the trial
-    assert model.seen[1:] == [0.0] * 9  # later pasts: the (empty) generated windows
+    assert len(model.seen) == 10  # one batch per window of the 0.5 s trials
+    assert all(seen > 0 for seen in model.seen[:n_recorded])
+    assert model.seen[n_recorded:] == [0.0] * (10 - n_recorded)
 
 
 def test_ridge_behaviour_figure(store: TensorStore, tmp_path: Path) -> None:

@@ -19,7 +19,7 @@ from mindzoo.evaluation.spikes import evaluate_spike_model
 from mindzoo.models.registry import create_model
 from mindzoo.models.spike_baselines import iter_batches
 
-DATA = SpikeDataConfig(n_frames=2, behaviour=["y"])
+DATA = SpikeDataConfig(n_frames=2, behaviour=["y"], prev_window=0.05)  # the 100 ms of y below
 
 
 def write_spike_store(path: Path, seed: int = 0, n_trials: int = 60) -> TensorStore:
