@@ -114,7 +114,7 @@ class NeuroformerConfig(BaseModel):
         "to the spike losses (the official way).",
     )
     behaviour_features: Literal["mean", "sum", "sum+past"] = Field(
-        "sum+past",
+        "sum",
         description="Features the behaviour head reads: the mean or sum of the final features "
         "over the current window's tokens, or that sum and the sum of the past window's token "
         "embeddings (official: mean).",

@@ -353,16 +353,17 @@ class SpikeRidgeConfig(BaseModel):
     bin_factor: int | None = Field(
         None,
         ge=1,
-        description="Adjacent dt bins summed into one feature; None: the bins of one "
-        "data.window (one count per unit and window; chosen on validation trials, see "
+        description="Adjacent dt bins summed into one feature; None: all bins read (one count "
+        "per unit over the past and current windows; chosen on validation trials, see "
         "docs/decisions.md).",
     )
     history: bool = Field(True, description="Use the past window's counts too.")
 
 
 class SpikeRidge(SpikeModel):
-    """Ridge regression from binned counts (past + current window, per unit and bin) to the
-    behaviour variables at the window centre; a behaviour decoder, not a spike model."""
+    """Ridge regression from binned counts (past + current window, per unit; by default one
+    count per unit over both) to the behaviour variables at the window centre; a behaviour
+    decoder, not a spike model."""
 
     name = "spike-ridge"
     has_likelihood: ClassVar[bool] = False
@@ -371,7 +372,7 @@ class SpikeRidge(SpikeModel):
         super().__init__(info)
         self.config = config
         self.n_time = (info.n_prev_bins if config.history else 0) + info.n_bins
-        self.bin_factor = config.bin_factor or info.n_bins
+        self.bin_factor = config.bin_factor or self.n_time
         self.n_feat_bins = self.n_time // self.bin_factor
         if self.n_feat_bins < 1:
             raise UserInputError(

@@ -17,7 +17,7 @@ from mindzoo.datasets.store import StoreWriter, TensorStore
 from mindzoo.errors import UserInputError
 from mindzoo.evaluation.spikes import evaluate_spike_model
 from mindzoo.models.registry import create_model
-from mindzoo.models.spike_baselines import iter_batches
+from mindzoo.models.spike_baselines import SpikeRidge, SpikeRidgeConfig, iter_batches
 
 DATA = SpikeDataConfig(n_frames=2, behaviour=["y"], prev_window=0.05)  # the 100 ms of y below
 
@@ -206,10 +206,13 @@ def test_ridge_decodes_a_linear_behaviour(store: TensorStore, train: SpikeWindow
         model.window_log_likelihood(train.batch(range(2)))
 
 
-def test_ridge_features_sum_counts_per_window(train: SpikeWindows) -> None:
-    model = fitted("spike-ridge", train)
+def test_ridge_features_sum_counts(train: SpikeWindows) -> None:
     batch = train.batch(range(4))
-    features = model.features(batch).reshape(4, -1, 2)  # default: one count per window
+    total = batch.prev_counts.sum(-1) + batch.counts.sum(-1)
+    model = fitted("spike-ridge", train)  # default: one count per unit, past + current
+    assert torch.equal(model.features(batch), total.double())
+    model = SpikeRidge(SpikeRidgeConfig(bin_factor=5), train.info)  # one per window
+    features = model.features(batch).reshape(4, -1, 2)
     assert torch.equal(features[..., 0], batch.prev_counts.sum(-1).double())
     assert torch.equal(features[..., 1], batch.counts.sum(-1).double())
 
