@@ -136,9 +136,9 @@ _ARCH_KEYS = (
 REFERENCE_SHAPES = {
     "info": SpikeInfo(
         units={"mouse": 120},
-        n_dt=5,
+        n_dt=25,  # the default data: 0.25 s past, 0.05 s window, 10 ms bins
         n_bins=5,
-        n_prev_bins=5,
+        n_prev_bins=25,
         frame_shape=(16, 16),
         behaviour=[],
         behaviour_dims=[],

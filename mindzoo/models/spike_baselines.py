@@ -30,9 +30,9 @@ from mindzoo.models.spike_base import RateModel, SpikeModel
 REFERENCE_SHAPES = {
     "info": SpikeInfo(
         units={"sub-01": 120},
-        n_dt=5,
+        n_dt=25,  # the default data: 0.25 s past, 0.05 s window, 10 ms bins
         n_bins=5,
-        n_prev_bins=5,
+        n_prev_bins=25,
         frame_shape=(16, 16),
         behaviour=["speed"],
         behaviour_dims=[1],
