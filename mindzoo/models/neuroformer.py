@@ -48,7 +48,13 @@ from mindzoo.models.neuroformer_layers import (
     sinusoid,
 )
 from mindzoo.models.spike_base import SpikeModel
-from mindzoo.models.spike_baselines import choose_alpha, ridge_fold_stats, ridge_solve, sum_stats
+from mindzoo.models.spike_baselines import (
+    choose_alpha,
+    iter_batches,
+    ridge_fold_stats,
+    ridge_solve,
+    sum_stats,
+)
 from mindzoo.models.trainable import InitRun, StageInit
 
 
@@ -242,8 +248,9 @@ class Neuroformer(SpikeModel):
     def context(self, batch: SpikeBatch) -> dict[str, torch.Tensor]:
         """What the current window attends to: past tokens ``prev`` [B, P, E] with their keep
         mask ``prev_keep`` [B, 1, 1, P] (valid tokens; slot 0 always, so an empty past attends
-        to one PAD) and ``prev_valid`` [B, P] (valid tokens only), encoded frame tokens ``frames`` [B, 1 + F, E] (without the SOS, which the
-        decoder prepends), behaviour tokens ``behaviour`` [B, D, E]."""
+        to one PAD) and ``prev_valid`` [B, P] (valid tokens only), encoded frame tokens
+        ``frames`` [B, 1 + F, E] (without the SOS, which the decoder prepends), behaviour tokens
+        ``behaviour`` [B, D, E]."""
         self.check_subject(batch.subject)
         _, _, pad = self.info.specials(batch.subject)
         valid = batch.prev_id != pad
@@ -470,9 +477,7 @@ class Neuroformer(SpikeModel):
         n_folds = max(1, min(5, len(groups)))
         stats = None
         for subject in train.subjects:
-            rows = train.subject_slice(subject)
-            for b in range(rows.start, rows.stop, 256):
-                batch = train.batch(range(b, min(b + 256, rows.stop)))
+            for batch in iter_batches(train, subject, 256):
                 x = self.forward(batch.to(device))["features"].double().cpu().numpy()
                 z = (batch.behaviour - self.behaviour_mean.cpu()) / self.behaviour_std.cpu()
                 folds = np.array([groups[(subject, int(t))] % n_folds for t in batch.trial])
