@@ -7,19 +7,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from factories.cli import TINY, cli, error_lines, sets
+from factories.cli import TINY, cli, sets
+from factories.refusals import assert_refused
 
 from mindzoo.datasets.store import TensorStore
-
-
-def _listing(*roots: Path) -> list[tuple[str, int, int]]:
-    """Every path under ``roots`` with its size and modification time."""
-    rows = []
-    for root in roots:
-        for path in sorted([root, *root.rglob("*")]):
-            info = path.lstat()
-            rows.append((str(path), info.st_size, info.st_mtime_ns))
-    return rows
 
 
 @pytest.fixture(scope="module")
@@ -107,13 +98,7 @@ def test_writing_where_nothing_may_be_written_is_refused(
 ) -> None:
     args, named = _cases(shared_tiny_store, ridge_run, bids_source)[case]
     roots = (shared_tiny_store.parent, ridge_run.parent, bids_source.parent)
-    before = _listing(*roots)
-    capsys.readouterr()
-    assert cli(*args) == 2
-    lines = error_lines(capsys.readouterr().err)
-    assert len(lines) == 1, lines
-    assert str(named) in lines[0], lines[0]
-    assert _listing(*roots) == before
+    assert_refused(capsys, args, named, roots)
 
 
 def test_the_cases_are_all_run(shared_tiny_store: Path, ridge_run: Path, bids_source: Path) -> None:
