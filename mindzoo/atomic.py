@@ -31,7 +31,6 @@ import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
 TEMP_PREFIX = ".tmp-"
 OLD_FORMAT_STALE_SECONDS = 3600.0
@@ -175,22 +174,6 @@ def honour_umask(path: Path) -> None:
     """Give the file ``path`` the mode a plain ``open(path, "w")`` would (0644 under the usual
     umask 022), whatever mode the library that wrote it chose."""
     os.chmod(path, 0o666 & ~current_umask())
-
-
-def save_arrays(arrays: dict[str, Any], path: Path) -> None:
-    """Write numpy ``arrays`` as safetensors at ``path`` atomically, honouring the umask."""
-    import numpy as np
-    from safetensors.numpy import save_file
-
-    path = Path(path)
-    reclaim_stale(path.parent)
-    tmp = temp_sibling(path)
-    try:
-        save_file({k: np.ascontiguousarray(v) for k, v in arrays.items()}, str(tmp))
-        honour_umask(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def write_text(path: Path, text: str) -> None:

@@ -7,3 +7,8 @@ says how to fix it. The CLI prints that line (no traceback) and exits with statu
 
 class UserInputError(Exception):
     """Bad input from the user: a file, a value, a name. The message is one line with the fix."""
+
+
+class DamagedFileError(UserInputError):
+    """A file mindzoo wrote no longer matches the checksum written with it (or is unreadable):
+    the message names the file and how to re-create or check it. Exit status 2, like bad input."""

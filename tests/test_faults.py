@@ -22,10 +22,10 @@ from mindzoo.atomic import (
     atomic_directory,
     host_tag,
     reclaim_stale,
-    save_arrays,
     temp_name,
 )
 from mindzoo.datasets.store import StoreWriter
+from mindzoo.tensorfile import save_arrays
 from mindzoo.training import checkpoint as ckpt
 from mindzoo.training.trainer import _val_text
 

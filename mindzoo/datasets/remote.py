@@ -29,6 +29,7 @@ import zarr
 from fsspec import AbstractFileSystem
 
 from mindzoo.atomic import reclaim_stale, temp_sibling
+from mindzoo.datasets.verified import parse_manifest
 from mindzoo.errors import UserInputError
 
 MANIFEST = "manifest.json"
@@ -115,7 +116,7 @@ def write_text(url: str | RemotePath, text: str) -> None:
 def read_manifest(version: RemotePath) -> dict[str, Any] | None:
     """The manifest of a remote version, or None when the version is absent or unfinished."""
     text = read_text(version / MANIFEST)
-    return None if text is None else json.loads(text)
+    return None if text is None else parse_manifest(text, str(version))
 
 
 def resolve_remote_store(url: str | RemotePath) -> RemotePath:
@@ -183,11 +184,11 @@ def sha256_files(root: str | RemotePath, sizes: dict[str, int]) -> dict[str, str
     return hashes
 
 
-def open_group(version: RemotePath) -> zarr.Group:
-    """The Zarr group of a remote version, read only; chunks are fetched when sliced."""
+def fsspec_store(version: RemotePath) -> zarr.storage.FsspecStore:
+    """The read-only Zarr store of a remote version; chunks are fetched when sliced."""
     store = zarr.storage.FsspecStore.from_url(version.url, read_only=True)
     store.fs.invalidate_cache()
-    return zarr.open_group(store, mode="r", zarr_format=3)
+    return store
 
 
 def _put(fs: AbstractFileSystem, local: list[Path], remote: list[str]) -> None:

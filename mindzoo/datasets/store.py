@@ -29,7 +29,6 @@ an fsspec URL (``s3://bucket/store``) as well; :mod:`mindzoo.datasets.remote` pu
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import json
 import os
 import shutil
@@ -60,6 +59,7 @@ from mindzoo.datasets.spike_store import (
     spike_problems,
     write_spike_subject,
 )
+from mindzoo.datasets.verified import ChecksummedStore, parse_manifest, sha256_files
 from mindzoo.errors import UserInputError
 
 SCHEMA_VERSION = 1
@@ -74,7 +74,10 @@ def find_version(store_dir: Path, config_hash: str) -> Path | None:
     """Path of the complete version of `store_dir` built from `config_hash`, or None."""
     candidate = Path(store_dir) / "versions" / _version_name(config_hash)
     if (candidate / MANIFEST).is_file():
-        manifest = json.loads((candidate / MANIFEST).read_text())
+        try:  # a damaged manifest is no cache hit: `prepare` rebuilds the version
+            manifest = parse_manifest((candidate / MANIFEST).read_text(), str(candidate))
+        except UserInputError:
+            return None
         if manifest.get("config_hash") == config_hash:
             return candidate
     return None
@@ -114,14 +117,6 @@ def resolve_store(path: Path | str | RemotePath) -> Path | RemotePath:
         f"{path} is not a mindzoo store (no {MANIFEST} or {CURRENT}); pass the --out directory of "
         "`braindecode-cli prepare`"
     )
-
-
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _data_files(version_dir: Path) -> Iterator[Path]:
@@ -255,9 +250,8 @@ class StoreWriter:
                 "dataset": manifest.get("dataset"),
             }
         )
-        checksums = {
-            str(p.relative_to(self.tmp_dir)): _sha256_file(p) for p in _data_files(self.tmp_dir)
-        }
+        rels = [str(p.relative_to(self.tmp_dir)) for p in _data_files(self.tmp_dir)]
+        checksums = sha256_files(self.tmp_dir, rels, desc="checksums")
         full = {
             "schema_version": SCHEMA_VERSION,
             "config_hash": self.config_hash,
@@ -310,8 +304,11 @@ class TensorStore:
                 f"reads {SCHEMA_VERSION}; re-run `braindecode-cli prepare`"
             )
         if isinstance(version, RemotePath):
-            return cls(version, manifest, remote.open_group(version))
-        return cls(version, manifest, zarr.open_group(str(version), mode="r"))
+            inner = remote.fsspec_store(version)
+        else:
+            inner = zarr.storage.LocalStore(str(version), read_only=True)
+        checked = ChecksummedStore(inner, manifest.get("checksums", {}), str(version))
+        return cls(version, manifest, zarr.open_group(checked, mode="r", zarr_format=3))
 
     @property
     def dataset(self) -> str:
@@ -475,7 +472,7 @@ class VerifyReport:
 def _read_manifest(version: Path | RemotePath) -> dict[str, Any]:
     if isinstance(version, RemotePath):
         return remote.read_manifest(version) or {}
-    return json.loads((version / MANIFEST).read_text())
+    return parse_manifest((version / MANIFEST).read_text(), str(version))
 
 
 def _version_files(version: Path | RemotePath) -> dict[str, int]:
@@ -489,7 +486,11 @@ def verify_store(path: Path | str | RemotePath) -> VerifyReport:
     """Re-hash every file of a store version (local, or remote at a URL) against its manifest
     and check the schema."""
     version = resolve_store(path)
-    manifest = _read_manifest(version)
+    try:
+        manifest = _read_manifest(version)
+    except UserInputError as exc:  # a damaged manifest is what verify reports, not a refusal
+        problem = str(exc).split(": the store")[0].removeprefix(f"{version}/")
+        return VerifyReport(version, 0, 0, [problem])
     expected: dict[str, str] = manifest.get("checksums", {})
     problems: list[str] = []
     n_bytes = 0
@@ -499,7 +500,7 @@ def verify_store(path: Path | str | RemotePath) -> VerifyReport:
     if isinstance(version, RemotePath):  # read concurrently, in batches
         hashes = remote.sha256_files(version, known)
     else:
-        hashes = {rel: _sha256_file(version / rel) for rel in known}
+        hashes = sha256_files(version, known, desc=f"verify {version.name}")
     for rel, size in sorted(files.items()):
         seen.add(rel)
         n_bytes += size

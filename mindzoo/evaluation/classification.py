@@ -19,10 +19,10 @@ import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from rich.table import Table
-from safetensors.numpy import load_file
 
 from mindzoo.datasets.store import TensorStore
 from mindzoo.errors import UserInputError
+from mindzoo.tensorfile import load_arrays
 
 EPHYS_KINDS = ("ephys-classifier", "ephys-pretrain")
 
@@ -122,7 +122,7 @@ def _score_classifier(
     path = run_dir / "predictions.safetensors"
     if not path.is_file():
         raise UserInputError(f"{path} is missing; the run did not finish: train it again")
-    predictions = load_file(str(path))
+    predictions = load_arrays(path)
     names = store.stimulus_labels
     per_subject, figures = {}, []
     for subject in config["subjects"]:

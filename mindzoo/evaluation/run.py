@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from safetensors.numpy import load_file
 
 from mindzoo.datasets.store import TensorStore
 from mindzoo.errors import UserInputError
@@ -16,6 +15,7 @@ from mindzoo.evaluation.metrics import evaluate_features
 from mindzoo.evaluation.noise_ceiling import noise_ceiling
 from mindzoo.evaluation.report import SubjectResult, write_report
 from mindzoo.evaluation.spike_run import evaluate_spike_run
+from mindzoo.tensorfile import load_arrays
 
 
 def _read_run(run_dir: Path) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
@@ -26,7 +26,7 @@ def _read_run(run_dir: Path) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
             raise UserInputError(
                 f"{path} is missing; pass the --out directory of `braindecode-cli train`"
             )
-    return json.loads(config_path.read_text()), load_file(str(pred_path))
+    return json.loads(config_path.read_text()), load_arrays(pred_path)
 
 
 def _open_store(config: dict[str, Any], run_dir: Path) -> TensorStore:

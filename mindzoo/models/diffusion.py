@@ -33,12 +33,12 @@ from typing import Any, Literal
 import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.nn import functional as F
 
 from mindzoo.atomic import honour_umask
 from mindzoo.errors import UserInputError
+from mindzoo.tensorfile import load_state, save_state
 
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
@@ -207,7 +207,7 @@ def save_embedded(model: EmbeddedDiffusion, directory: Path, extra: dict[str, An
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
-    save_file(state, str(directory / WEIGHTS_FILE))
+    save_state(state, directory / WEIGHTS_FILE)
     honour_umask(directory / WEIGHTS_FILE)
     config = {
         "backend": BACKEND_NAME,
@@ -239,5 +239,5 @@ def load_embedded_model(weights_dir: Path) -> EmbeddedDiffusion:
             f"Invalid model config in {config_path}: {err.errors()[0]['msg']}"
         ) from None
     model = EmbeddedDiffusion(config, int(saved["condition_dim"]))
-    model.load_state_dict(load_file(str(weights_path), device="cpu"))
+    model.load_state_dict(load_state(weights_path))
     return model.eval()

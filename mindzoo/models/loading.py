@@ -13,13 +13,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from safetensors.torch import load_file
 from torch import nn
 
 from mindzoo.datasets.ephys_views import RecordingInfo
 from mindzoo.datasets.spike_views import SpikeInfo
 from mindzoo.errors import UserInputError
 from mindzoo.models.registry import create_model, get_model_info
+from mindzoo.tensorfile import load_state
 
 
 def _decoder_shapes(build: dict[str, Any]) -> dict[str, Any]:
@@ -55,7 +55,7 @@ def build_model(run_config: dict[str, Any]) -> nn.Module:
 
 def load_weights(path: Path, model: nn.Module) -> None:
     """Load safetensors weights into ``model``; a mismatch names the file and the keys."""
-    state = load_file(str(path))
+    state = load_state(path)
     own = model.state_dict()
     missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
     wrong = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)

@@ -19,8 +19,9 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
-from safetensors.torch import load_file
 from torch import nn
+
+from mindzoo.tensorfile import load_state
 
 
 @dataclass(frozen=True)
@@ -86,7 +87,7 @@ class InitRun:
     config: dict[str, Any]
 
     def weights(self) -> dict[str, torch.Tensor]:
-        return load_file(str(self.path / "model.safetensors"))
+        return load_state(self.path / "model.safetensors")
 
 
 @dataclass(frozen=True)

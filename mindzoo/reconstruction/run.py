@@ -32,10 +32,9 @@ from typing import Any
 
 import numpy as np
 from PIL import Image
-from safetensors.numpy import load_file
 from tqdm.auto import tqdm
 
-from mindzoo.atomic import atomic_directory, save_arrays
+from mindzoo.atomic import atomic_directory
 from mindzoo.datasets.store import TensorStore
 from mindzoo.errors import UserInputError
 from mindzoo.reconstruction.base import (
@@ -44,6 +43,7 @@ from mindzoo.reconstruction.base import (
     load_backend,
     resize_images,
 )
+from mindzoo.tensorfile import load_arrays, save_arrays
 
 LOWLEVEL_TARGET = "lowlevel"
 GRID_COLUMNS = 16  # test stimuli shown in grid.png
@@ -85,7 +85,7 @@ def _read_run(run_dir: Path) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
             f"{config_path} is not an image-feature decoder run (no settings/subjects); "
             "reconstruct needs the --out of `braindecode-cli train` for an fMRI decoder"
         )
-    return config, load_file(str(pred_path))
+    return config, load_arrays(pred_path)
 
 
 def _pick_subjects(config: dict[str, Any], subjects: list[str] | None, run_dir: Path) -> list[str]:

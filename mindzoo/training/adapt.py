@@ -42,7 +42,7 @@ from typing import Any
 
 import numpy as np
 
-from mindzoo.atomic import atomic_directory, save_arrays
+from mindzoo.atomic import atomic_directory
 from mindzoo.config import apply_overrides, validate
 from mindzoo.datasets.store import TensorStore, roi_labels
 from mindzoo.datasets.views import (
@@ -57,6 +57,7 @@ from mindzoo.datasets.views import (
 from mindzoo.errors import UserInputError
 from mindzoo.models import count_parameters, load_model
 from mindzoo.models.base import AdaptationContext, FMRIDecoder
+from mindzoo.tensorfile import save_arrays
 from mindzoo.training import checkpoint as ckpt
 from mindzoo.training.decoders import TrainSettings, decoder_targets, predict
 from mindzoo.training.trainer import (

@@ -29,18 +29,16 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
 from torch import nn
 
 from mindzoo.atomic import (
     TEMP_PREFIX,
-    honour_umask,
     reclaim_stale,
     temp_name,
-    temp_sibling,
     write_text,
 )
 from mindzoo.errors import UserInputError
+from mindzoo.tensorfile import load_state, save_state
 
 STATE_FILE = "trainer_state.json"
 _PREFIX = "step-"
@@ -90,16 +88,11 @@ def weights(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def save_weights(path: Path, state: dict[str, torch.Tensor]) -> None:
-    """Write a state dict as safetensors, atomically, with the mode the umask gives."""
+    """Write a state dict as safetensors with its checksum, atomically, with the mode the umask
+    gives (:func:`mindzoo.tensorfile.save_state`)."""
     path = Path(path)
     reclaim_stale(path.parent)
-    tmp = temp_sibling(path)
-    try:
-        save_file({k: v.contiguous() for k, v in state.items()}, str(tmp))
-        honour_umask(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    save_state(state, path)
 
 
 def latest_checkpoint(root: Path) -> Path | None:
@@ -191,7 +184,7 @@ def read_state(checkpoint: Path) -> TrainerState:
 def read_best(checkpoint: Path) -> dict[str, torch.Tensor] | None:
     """The best-validation weights saved in ``checkpoint``, if any."""
     path = checkpoint / "best.safetensors"
-    return load_file(str(path)) if path.is_file() else None
+    return load_state(path) if path.is_file() else None
 
 
 def load_optimizer(
@@ -213,7 +206,7 @@ def load_rng(checkpoint: Path, rank: int) -> None:
             f"{path} is missing: the checkpoint was written by fewer processes; resume with the "
             "same number of processes"
         )
-    state = load_file(str(path))
+    state = load_state(path)
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(list(state["cuda"]))

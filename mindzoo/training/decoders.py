@@ -32,13 +32,13 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict
 
-from mindzoo.atomic import save_arrays
 from mindzoo.config import resolve_preset
 from mindzoo.datasets.store import TensorStore
 from mindzoo.datasets.views import DataConfig, FMRIDataset, make_splits, parse_target
 from mindzoo.errors import UserInputError
 from mindzoo.models import count_parameters, create_model, get_model_info
 from mindzoo.models.base import FMRIDecoder
+from mindzoo.tensorfile import save_arrays
 from mindzoo.training import checkpoint as ckpt
 from mindzoo.training.rundir import describe_run, fit_in_run_dir, prepare_run_dir
 from mindzoo.training.trainer import TrainerConfig, make_accelerator, seed_everything

@@ -31,12 +31,12 @@ import torch
 from pydantic import BaseModel, ConfigDict
 from torch import nn
 
-from mindzoo.atomic import save_arrays
 from mindzoo.config import resolve_preset
 from mindzoo.datasets.ephys_views import EphysDataConfig, EphysDataset, recording_info
 from mindzoo.datasets.store import TensorStore
 from mindzoo.errors import UserInputError
 from mindzoo.models import InitRun, StageInit, count_parameters, create_model, get_model_info
+from mindzoo.tensorfile import save_arrays
 from mindzoo.training import checkpoint as ckpt
 from mindzoo.training.rundir import describe_run, fit_in_run_dir, prepare_run_dir
 from mindzoo.training.trainer import TrainerConfig, make_accelerator, seed_everything

@@ -14,11 +14,12 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from mindzoo.atomic import atomic_directory, save_arrays
+from mindzoo.atomic import atomic_directory
 from mindzoo.config import resolve_preset
 from mindzoo.datasets.store import TensorStore
 from mindzoo.errors import UserInputError
 from mindzoo.models import create_model, get_model_info
+from mindzoo.tensorfile import save_arrays
 from mindzoo.training.decoders import TrainSettings
 from mindzoo.training.rundir import describe_run
 

@@ -17,6 +17,7 @@ from factories.s3 import S3Server, s3_server
 from mindzoo.datasets import remote
 from mindzoo.datasets.remote import RemotePath
 from mindzoo.datasets.store import StoreWriter, TensorStore, resolve_store, verify_store
+from mindzoo.datasets.verified import sha256_files
 from mindzoo.errors import UserInputError
 
 
@@ -267,6 +268,11 @@ def test_stores_without_dimension_names_still_open(tmp_path: Path) -> None:
         data = json.loads(meta.read_text())
         data.pop("dimension_names", None)
         meta.write_text(json.dumps(data))
+    manifest_path = next(local.rglob("manifest.json"))  # as such a store was written: the
+    manifest = json.loads(manifest_path.read_text())  # checksums of the files it has
+    version = manifest_path.parent
+    manifest["checksums"] = sha256_files(version, manifest["checksums"])
+    manifest_path.write_text(json.dumps(manifest))
     store = TensorStore.open(tmp_path / "store")
     assert store.signals("sub-01").metadata.dimension_names is None
     np.testing.assert_array_equal(store.signals("sub-01")[1], [3.0, 4.0, 5.0])
