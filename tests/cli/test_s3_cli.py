@@ -98,7 +98,7 @@ def test_train_evaluate_on_s3_equals_local(
 
 
 def test_verify_on_s3(
-    s3_store: str, shared_tiny_store: Path, capsys: pytest.CaptureFixture[str]
+    s3_store: str, shared_tiny_store: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     assert cli("verify", s3_store) == 0
     version = TensorStore.open(s3_store).path
@@ -112,6 +112,11 @@ def test_verify_on_s3(
         assert cli("verify", s3_store) == 1
         out = capsys.readouterr().out.replace("\n", "")
         assert "checksum mismatch in subjects/sub-01/signals/c/0/0" in out
+        out_dir = tmp_path / "ridge"  # the command that reads the chunk catches it too
+        assert cli("train", "ridge", "--store", s3_store, "--out", str(out_dir), *RIDGE) == 2
+        lines = error_lines(capsys.readouterr().err)
+        assert len(lines) == 1 and f"{version}/subjects/sub-01/signals/c/0/0" in lines[0]
+        assert "does not match its checksum" in lines[0] and not out_dir.exists()
     finally:
         fs.pipe_file(chunk, original)
     assert cli("verify", s3_store) == 0
