@@ -8,6 +8,8 @@ A checkpoint directory (``RUN/checkpoints/step-00000120/``)::
                            target shapes), store; enough to rebuild the model without the store
     optimizer.pt           {"optimizer": ..., "scheduler": ...} state dicts: tensors and plain
                            numbers only, loaded with ``torch.load(weights_only=True)``
+    optimizer.sha256       its sha256, compared before it is loaded (the safetensors files carry
+                           their own checksum: :mod:`mindzoo.tensorfile`)
     rng-rank<R>.safetensors  each process's torch (and CUDA) generator state
     metrics.json           the loss history so far (per epoch: train and validation loss, lr)
     trainer_state.json     stage, epoch, batch within the epoch, global step, early-stopping state,
@@ -21,9 +23,12 @@ A finished run directory has the same ``model.safetensors`` + ``config.json`` pa
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import pickle
 import shutil
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,10 +42,12 @@ from mindzoo.atomic import (
     temp_name,
     write_text,
 )
-from mindzoo.errors import UserInputError
+from mindzoo.errors import DamagedFileError, UserInputError
 from mindzoo.tensorfile import load_state, save_state
 
 STATE_FILE = "trainer_state.json"
+OPTIMIZER_FILE = "optimizer.pt"
+OPTIMIZER_SUM = "optimizer.sha256"  # its sha256 (hex), checked before it is read
 _PREFIX = "step-"
 
 
@@ -95,6 +102,14 @@ def save_weights(path: Path, state: dict[str, torch.Tensor]) -> None:
     save_state(state, path)
 
 
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def latest_checkpoint(root: Path) -> Path | None:
     """The newest complete checkpoint under ``root`` (a run's ``checkpoints/``), or None."""
     if not root.is_dir():
@@ -140,8 +155,9 @@ def save_checkpoint(
             save_weights(tmp / "best.safetensors", best)
         torch.save(
             {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()},
-            tmp / "optimizer.pt",
+            tmp / OPTIMIZER_FILE,
         )
+        (tmp / OPTIMIZER_SUM).write_text(_sha256(tmp / OPTIMIZER_FILE) + "\n")
         write_json(tmp / "config.json", run_config)
         write_json(
             tmp / "metrics.json",
@@ -193,7 +209,22 @@ def load_optimizer(
     scheduler: torch.optim.lr_scheduler.LRScheduler,
 ) -> None:
     """Restore optimizer and scheduler state (tensors and numbers only, no code is unpickled)."""
-    saved = torch.load(checkpoint / "optimizer.pt", map_location="cpu", weights_only=True)
+    path = checkpoint / OPTIMIZER_FILE
+    expected = checkpoint / OPTIMIZER_SUM
+    if expected.is_file() and expected.read_text().strip() != _sha256(path):
+        raise DamagedFileError(
+            f"{path} does not match {expected.name} (damaged); resume from an earlier checkpoint "
+            "(delete this one) or start afresh"
+        )
+    try:
+        with warnings.catch_warnings():  # torch's note on a foreign pickle protocol: refused below
+            warnings.simplefilter("ignore", UserWarning)
+            saved = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as exc:
+        raise DamagedFileError(
+            f"{path} is not a plain tensor file ({type(exc).__name__}; refused, nothing in it was "
+            "run); resume from an earlier checkpoint (delete this one) or start afresh"
+        ) from None
     optimizer.load_state_dict(saved["optimizer"])
     scheduler.load_state_dict(saved["scheduler"])
 

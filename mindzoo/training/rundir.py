@@ -82,7 +82,9 @@ def run_dir_for_training(
     created = not out.exists()
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
-        ckpt.write_json(out / "config.json", run_config)
+        path = out / "config.json"  # a resume leaves an equal config untouched
+        if not path.is_file() or json.loads(path.read_text()) != json.loads(json.dumps(run_config)):
+            ckpt.write_json(path, run_config)
     accelerator.wait_for_everyone()
     try:
         yield

@@ -19,14 +19,17 @@ from mindzoo.datasets.store import TensorStore
 
 @pytest.fixture(scope="module")
 def runs(shared_tiny_store: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """A ridge run and a one-epoch mindeye-mlp run on sub-01 of the shared (intact) store."""
+    """A ridge run and a two-epoch mindeye-mlp run on sub-01 of the shared (intact) store."""
     root = tmp_path_factory.mktemp("checksum-runs")
     ridge, mlp = root / "ridge", root / "mlp"
     store = str(shared_tiny_store)
     assert cli("train", "ridge", "--store", store, "--out", str(ridge), "--subjects", "01") == 0
     args = ["train", "mindeye-mlp", "--store", store, "--out", str(mlp), "--subjects", "01"]
-    assert cli(*args, *sets(["trainer.epochs=1"])) == 0
+    assert cli(*args, *sets(MLP)) == 0
     return {"ridge": ridge, "mlp": mlp}
+
+
+MLP = ["trainer.epochs=2", "trainer.keep_checkpoints=2"]  # one step per epoch: steps 1 and 2
 
 
 def _flip(path: Path, offset: int) -> None:
@@ -137,6 +140,32 @@ def test_readers_refuse_a_damaged_run_file(
     if how == "planted pickle":
         assert "a pickle, never loaded" in line
     assert not out.exists()
+
+
+@pytest.mark.parametrize("how", ["flipped byte", "planted pickle, no checksum file"])
+def test_resume_refuses_a_damaged_optimizer_state(
+    how: str,
+    runs: dict[str, Path],
+    shared_tiny_store: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    run = tmp_path / "mlp"
+    shutil.copytree(runs["mlp"], run)
+    for name in ("metrics.json", "model.safetensors", "predictions.safetensors"):
+        (run / name).unlink()  # as if killed after the first epoch's checkpoint
+    shutil.rmtree(run / "checkpoints" / "step-00000002")
+    optimizer = run / "checkpoints" / "step-00000001" / "optimizer.pt"
+    if how == "flipped byte":
+        _flip(optimizer, optimizer.stat().st_size - 100)
+    else:
+        (optimizer.parent / "optimizer.sha256").unlink()
+        _plant_pickle(optimizer)
+    args = ["train", "mindeye-mlp", "--store", shared_tiny_store, "--out", run]
+    args += ["--subjects", "01", *sets(MLP), "--resume"]
+    line = assert_refused(capsys, args, optimizer, (tmp_path, shared_tiny_store))
+    said = "does not match optimizer.sha256" if how == "flipped byte" else "not a plain tensor"
+    assert said in line and "weights_only=False" not in line
 
 
 def test_verify_repair_quarantines_after_asking_and_prepare_rebuilds(
