@@ -20,6 +20,7 @@ private temporary file (mode 0600), which would make shared runs unreadable to c
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import re
@@ -37,6 +38,37 @@ OLD_FORMAT_STALE_SECONDS = 3600.0
 FOREIGN_STALE_SECONDS = 24 * 3600.0
 _OWNED = re.compile(r"^\.tmp-(?P<name>.*)-(?P<pid>\d+)@(?P<host>[0-9a-f]{8})-[0-9a-f]{8}$")
 _OLD_FORMAT = re.compile(r"^\.tmp-.+-[0-9a-f]{8}$")
+# a full disk, a full quota, a read-only file system: the place written to, not the program
+DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
+_OS_ERROR = re.compile(r"\(os error (\d+)\)")  # how Rust libraries (safetensors) report one
+
+
+def disk_errno(exc: BaseException) -> int | None:
+    """The errno (one of :data:`DISK_ERRNOS`) behind ``exc`` or the exceptions it was raised
+    from: an ``OSError``, or a library error that wraps one (``... (os error 28)``)."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        code = exc.errno if isinstance(exc, OSError) else None
+        if code is None:
+            found = _OS_ERROR.search(str(exc))
+            code = int(found.group(1)) if found else None
+        if code in DISK_ERRNOS:
+            return code
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def _naming(exc: BaseException, path: Path) -> BaseException:
+    """``exc`` as an ``OSError`` naming ``path`` (what the user asked for, not a hidden
+    temporary) when a full or read-only disk is behind it; else ``exc`` itself."""
+    code = disk_errno(exc)
+    if code is None:
+        return exc
+    named = getattr(exc, "filename", None)
+    if isinstance(exc, OSError) and named is not None and TEMP_PREFIX not in str(named):
+        return exc
+    return OSError(code, os.strerror(code), str(path))
 
 
 def host_tag() -> str:
@@ -184,6 +216,11 @@ def write_text(path: Path, text: str) -> None:
     try:
         tmp.write_text(text)
         os.replace(tmp, path)
+    except OSError as exc:
+        named = _naming(exc, path)
+        if named is exc:
+            raise
+        raise named from exc
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -194,17 +231,23 @@ def atomic_directory(target: Path) -> Iterator[Path]:
 
     On an exception the sibling is removed and `target` is left as it was, so readers see
     either the old directory or the complete new one, never a half-written one. Stale
-    temporaries of interrupted writers beside `target` are reclaimed first.
+    temporaries of interrupted writers beside `target` are reclaimed first. A full or
+    read-only disk (:func:`disk_errno`) is raised as an ``OSError`` naming `target`.
     """
     target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    reclaim_stale(target.parent)
     tmp = temp_sibling(target)
-    tmp.mkdir()
     try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        reclaim_stale(target.parent)
+        tmp.mkdir()
         yield tmp
         if target.exists():
             shutil.rmtree(target)
         os.replace(tmp, target)
+    except Exception as exc:
+        named = _naming(exc, target)
+        if named is exc:
+            raise
+        raise named from exc
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -1,13 +1,21 @@
-"""`evaluate`: a run directory + its store -> metrics.json, report.md and figures."""
+"""`evaluate`: a run directory + its store -> metrics.json, report.md and figures.
+
+The output directory (default ``RUN/eval``) appears atomically: it is built in a hidden sibling
+and renamed into place, so a kill, a full disk or an error leaves the earlier evaluation there
+as it was (or nothing), never a mix of two evaluations or a half-written one.
+"""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from mindzoo.atomic import TEMP_PREFIX, atomic_directory
 from mindzoo.datasets.store import TensorStore
 from mindzoo.errors import UserInputError
 from mindzoo.evaluation.classification import EPHYS_KINDS, evaluate_ephys_run
@@ -45,10 +53,54 @@ def mean_metrics(per_subject: dict[str, dict[str, float]]) -> dict[str, float]:
     return {k: float(np.mean([m[k] for m in per_subject.values()])) for k in sorted(keys)}
 
 
+_EVALUATION_FILES = {"metrics.json", "report.md"}
+
+
+def _check_replaceable(out: Path) -> None:
+    """Refuse an ``out`` that the new evaluation could not replace without losing something: a
+    file, or a non-empty directory that is not an earlier evaluation (metrics.json, report.md
+    and figures only)."""
+    if out.is_file():
+        raise UserInputError(
+            f"{out} is a file; the evaluation is a directory: choose another --out"
+        )
+    if not out.is_dir():
+        return
+    names = {p.name for p in out.iterdir() if not p.name.startswith(TEMP_PREFIX)}
+    earlier = _EVALUATION_FILES <= names and all(
+        name in _EVALUATION_FILES or (name.endswith(".png") and (out / name).is_file())
+        for name in names
+    )
+    if names and not earlier:
+        raise UserInputError(
+            f"{out} is not empty and holds no earlier evaluation (metrics.json, report.md and "
+            "figures) that the new one may replace; choose a new or empty --out"
+        )
+
+
+@contextmanager
+def _written_atomically(out: Path) -> Iterator[Path]:
+    """:func:`~mindzoo.atomic.atomic_directory` for ``out``; on failure also the parent
+    directories it made are removed again (when still empty)."""
+    made = [p for p in (out.parent, *out.parent.parents) if not p.exists()]
+    try:
+        with atomic_directory(out) as tmp:
+            yield tmp
+    except BaseException:
+        for parent in made:  # deepest first
+            try:
+                parent.rmdir()
+            except OSError:
+                break
+        raise
+
+
 def evaluate_run(
     run_dir: Path, out: Path | None = None, subjects: list[str] | None = None
 ) -> dict[str, Any]:
-    """Score a run's test predictions against the store's cached features; write the report.
+    """Score a run's test predictions against the store's cached features; write the report
+    into ``out`` (default ``run_dir/eval``), which appears atomically and replaces an earlier
+    evaluation there.
 
     ``subjects`` limits an fMRI run's scoring to those of its subjects (a grid cell scores one);
     ephys runs are scored whole.
@@ -58,19 +110,23 @@ def evaluate_run(
     the subject's voxels (from the test repeats) and chance levels.
     """
     run_dir = Path(run_dir)
+    out = Path(out) if out is not None else run_dir / "eval"
+    _check_replaceable(out)
+    with _written_atomically(out) as tmp:
+        return _evaluate_into(run_dir, tmp, subjects)
+
+
+def _evaluate_into(run_dir: Path, out: Path, subjects: list[str] | None) -> dict[str, Any]:
+    """:func:`evaluate_run` writing into the (temporary) directory ``out``."""
     ephys = (
         json.loads((run_dir / "config.json").read_text())
         if (run_dir / "config.json").is_file()
         else {}
     )
     if ephys.get("kind") == "spikes":  # spike models: likelihood, generation, behaviour, coupling
-        return evaluate_spike_run(
-            run_dir, ephys, Path(out) if out is not None else run_dir / "eval"
-        )
+        return evaluate_spike_run(run_dir, ephys, out)
     if ephys.get("kind") in EPHYS_KINDS:  # ephys runs: classification / pre-training metrics
-        return evaluate_ephys_run(
-            run_dir, ephys, Path(out) if out is not None else run_dir / "eval"
-        )
+        return evaluate_ephys_run(run_dir, ephys, out)
     config, predictions = _read_run(run_dir)
     store = _open_store(config, run_dir)
     space = config["settings"]["feature_space"]
@@ -120,8 +176,6 @@ def evaluate_run(
         "subjects": per_subject,
         "mean": mean_metrics(per_subject),
     }
-    out = Path(out) if out is not None else run_dir / "eval"
-    out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     write_report(out, metrics, results, title=f"{config['model']} on {config['dataset']}")
     return metrics
