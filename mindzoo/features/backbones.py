@@ -95,9 +95,9 @@ def load_state_dict_file(path: Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise UserInputError(f"Metric weights file {path} does not exist; pass a local file path")
     if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
+        from mindzoo.tensorfile import load_state  # a damaged file: one line naming it
 
-        state = load_file(str(path))
+        state = load_state(path)
     else:
         try:
             state = torch.load(path, weights_only=True, map_location="cpu")
