@@ -73,9 +73,48 @@ def usage_line(exc: BaseException) -> str:
     return f"{message} (see `{command} --help`)"
 
 
+def _option_value(name: str) -> str | None:
+    """The value given to option ``name`` on the command line (``--out X`` or ``--out=X``)."""
+    args = sys.argv[1:]
+    for i, arg in enumerate(args):
+        if arg == name and i + 1 < len(args):
+            return args[i + 1]
+        if arg.startswith(f"{name}="):
+            return arg.split("=", 1)[1]
+    return None
+
+
+def disk_error_line(exc: BaseException) -> str | None:
+    """A full disk or quota, or a read-only file system, behind ``exc`` as one line naming the
+    place written to (the file the error names, or ``--out`` where that is a hidden temporary
+    or lock or no file is named); None for any other error."""
+    import errno
+    import os
+
+    from mindzoo.atomic import disk_errno
+
+    code = disk_errno(exc)
+    if code is None:
+        return None
+    named: str | None = None
+    cause: BaseException | None = exc
+    while cause is not None and named is None:
+        named = getattr(cause, "filename", None) if isinstance(cause, OSError) else None
+        cause = cause.__cause__ or cause.__context__
+    if named is None or os.path.basename(str(named)).startswith("."):
+        named = _option_value("--out") or named
+    where = f" writing {named}" if named else ""
+    advice = (
+        "choose a writable --out"
+        if code == errno.EROFS
+        else "free some space there (or choose another --out) and run the command again"
+    )
+    return f"{os.strerror(code).lower()}{where}; {advice}"
+
+
 def main() -> None:
-    """Console entry point: user errors and usage errors become one line on stderr and exit
-    status 2."""
+    """Console entry point: user errors, usage errors and a full or read-only disk become one
+    line on stderr and exit status 2."""
     try:
         # standalone_mode=False: click returns typer.Exit codes instead of exiting
         status = app(standalone_mode=False, prog_name="braindecode-cli")
@@ -93,6 +132,14 @@ def main() -> None:
                 err_console.print(
                     f"[bold red]error:[/] {usage_line(exc)}", highlight=False, soft_wrap=True
                 )
+            sys.exit(2)
+        disk = disk_error_line(exc)
+        if disk is not None:
+            from rich.markup import escape
+
+            err_console.print(
+                f"[bold red]error:[/] {escape(disk)}", highlight=False, soft_wrap=True
+            )
             sys.exit(2)
         raise
     sys.exit(status if isinstance(status, int) else 0)
