@@ -12,6 +12,8 @@ from pathlib import Path
 import typer
 
 from mindzoo.cli.console import make_console
+from mindzoo.datasets.paths import check_output
+from mindzoo.runconfig import check_adaptable
 
 console = make_console()
 
@@ -41,5 +43,7 @@ def register(app: typer.Typer) -> None:
         from mindzoo.training.adapt import adapt_model  # torch: not for --help
 
         out = out or Path("runs") / f"adapt-{subject}-{time.strftime('%Y%m%d-%H%M%S')}"
+        check_output(out)
+        check_adaptable(checkpoint)
         run_dir = adapt_model(checkpoint, store, subject, out, n_trials, fraction, sets)
         console.print(f"adapted to {subject}: {run_dir} (next: braindecode-cli evaluate {run_dir})")

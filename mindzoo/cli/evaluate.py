@@ -13,6 +13,7 @@ from mindzoo.datasets import remote
 from mindzoo.datasets.paths import check_output
 from mindzoo.errors import UserInputError
 from mindzoo.executors import ExecutorSettings
+from mindzoo.runconfig import read_run_config
 
 console = make_console()
 
@@ -109,6 +110,11 @@ def register(app: typer.Typer) -> None:
         dry_run: bool = typer.Option(
             False, help="With --grid: list the cells and estimate the rest; run nothing."
         ),
+        store: str | None = typer.Option(
+            None,
+            help="The store the run was trained on, where it is now (default: the path the run "
+            "recorded); its config hash must match the run's.",
+        ),
         executor: str = cluster.EXECUTOR,
         jobs: int = cluster.JOBS,
         cpus: int | None = cluster.CPUS,
@@ -123,12 +129,14 @@ def register(app: typer.Typer) -> None:
         """Score a run on the test split (metrics.json, report.md, figures), or a whole grid."""
         if out is not None:
             check_output(out, store_ok=False)
+        settings = cluster.executor_settings(  # checked with or without --grid
+            executor, jobs, cpus, gpus, mem, time, partition, max_parallel, slurm_set, retries
+        )
         if grid is not None:
             if run_dir is not None:
                 raise UserInputError("Give either RUN_DIR or --grid, not both")
-            settings = cluster.executor_settings(
-                executor, jobs, cpus, gpus, mem, time, partition, max_parallel, slurm_set, retries
-            )
+            if store is not None:
+                raise UserInputError("--store goes with RUN_DIR; a grid file names its stores")
             run_grid_command(grid, out, settings, dry_run)
             return
         if run_dir is None:
@@ -141,9 +149,10 @@ def register(app: typer.Typer) -> None:
                 f"overwritten); leave --out out to write {Path(run_dir) / 'eval'}"
             )
         local = remote.fetch_run(run_dir) if remote.is_url(run_dir) else Path(run_dir)
-        from mindzoo.evaluation.run import evaluate_run  # torch: not for --help
+        from mindzoo.evaluation.run import evaluate_run, run_store  # torch: not for --help
 
-        metrics = evaluate_run(local, out)
+        run_store(read_run_config(local), local, store)  # refused before anything is written
+        metrics = evaluate_run(local, out, store=store)
         report = (out or local / "eval") / "report.md"
         if remote.is_url(run_dir) and out is None:  # the report goes back beside the run
             report = remote.upload_dir(local / "eval", f"{run_dir.rstrip('/')}/eval") / "report.md"

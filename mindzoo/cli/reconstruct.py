@@ -11,6 +11,7 @@ from mindzoo.cli.console import make_console
 from mindzoo.cli.train import split_subjects
 from mindzoo.datasets.paths import check_output
 from mindzoo.reconstruction import GenerationSettings, list_backends
+from mindzoo.runconfig import check_device, check_image_decoder
 
 console = make_console()
 
@@ -77,6 +78,8 @@ def register(app: typer.Typer) -> None:
         from mindzoo.reconstruction.run import reconstruct_run
 
         check_output(out, store_ok=False)
+        check_image_decoder(run_dir)
+        check_device(device)
         settings = GenerationSettings(
             steps=steps, guidance=guidance, seed=seed, strength=strength, batch_size=batch_size
         )

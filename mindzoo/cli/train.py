@@ -15,6 +15,8 @@ import typer
 
 from mindzoo.cli import cluster
 from mindzoo.cli.console import make_console
+from mindzoo.datasets.paths import check_output
+from mindzoo.datasets.remote import is_url
 from mindzoo.errors import UserInputError
 from mindzoo.executors import ExecutorSettings
 
@@ -39,7 +41,6 @@ def _submit(
 ) -> None:
     """Submit the train command as a Slurm job; with ``wait``, wait and report (exit 1 on a
     failed job, with its log)."""
-    from mindzoo.datasets.remote import is_url
     from mindzoo.training.cluster import submit_training
 
     def absolute(location: str) -> str:
@@ -102,6 +103,8 @@ def register(app: typer.Typer) -> None:
         diffusion = get_model_info(model).kind == "diffusion"  # defaults to the store's cache
         if out is None and not diffusion:
             out = Path("runs") / f"{model}-{time.strftime('%Y%m%d-%H%M%S')}"
+        if out is not None and not is_url(str(out)):
+            check_output(Path(out))
         settings = cluster.executor_settings(
             executor, 1, cpus, gpus, mem, time_limit, partition, None, slurm_set
         )

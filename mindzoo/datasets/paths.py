@@ -7,6 +7,7 @@ one-line :class:`~mindzoo.errors.UserInputError` (exit 2) naming the path.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from mindzoo.datasets.remote import CURRENT, MANIFEST
@@ -56,6 +57,7 @@ def check_output(
     """
     given = Path(out)
     resolved = given.expanduser().resolve()
+    check_writable(given, option)
     blocker = protected_by(resolved)
     if blocker is not None:
         what = "version" if _is_version(blocker) else "versions directory"
@@ -80,4 +82,27 @@ def check_output(
         raise UserInputError(
             f"--source {source} is inside the versions of {option} {given}; pass the raw data "
             "directory, not a prepared store"
+        )
+
+
+def check_writable(out: Path, option: str = "--out") -> None:
+    """Refuse an output directory that cannot be made: ``out`` is a file, lies below a file, or
+    its nearest existing directory is not writable (permissions, a read-only file system)."""
+    given = Path(out)
+    path = given.expanduser().absolute()
+    if path.exists() and not path.is_dir():
+        raise UserInputError(
+            f"{option} {given} is a file, not a directory; choose a directory for {option}"
+        )
+    existing = next(p for p in (path, *path.parents) if p.exists() or p == p.parent)
+    if not existing.is_dir():
+        raise UserInputError(
+            f"{option} {given} lies below {existing}, which is a file, not a directory; "
+            f"choose a directory for {option}"
+        )
+    read_only = bool(os.statvfs(existing).f_flag & os.ST_RDONLY)
+    if read_only or not os.access(existing, os.W_OK | os.X_OK):
+        why = "on a read-only file system" if read_only else "not writable by this user"
+        raise UserInputError(
+            f"{option} {given} cannot be written: {existing} is {why}; choose a writable {option}"
         )

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from mindzoo.atomic import TEMP_PREFIX, atomic_directory
+from mindzoo.datasets.remote import is_url
 from mindzoo.datasets.store import TensorStore
 from mindzoo.errors import UserInputError
 from mindzoo.evaluation.classification import EPHYS_KINDS, evaluate_ephys_run
@@ -23,18 +24,46 @@ from mindzoo.evaluation.metrics import evaluate_features
 from mindzoo.evaluation.noise_ceiling import noise_ceiling
 from mindzoo.evaluation.report import SubjectResult, write_report
 from mindzoo.evaluation.spike_run import evaluate_spike_run
+from mindzoo.runconfig import read_run_config
 from mindzoo.tensorfile import load_arrays
 
 
-def _read_run(run_dir: Path) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-    config_path = run_dir / "config.json"
+def _read_predictions(run_dir: Path) -> dict[str, np.ndarray]:
     pred_path = run_dir / "predictions.safetensors"
-    for path in (config_path, pred_path):
-        if not path.is_file():
+    if not pred_path.is_file():
+        raise UserInputError(
+            f"{pred_path} is missing; pass the --out directory of `braindecode-cli train`"
+        )
+    return load_arrays(pred_path)
+
+
+def run_store(config: dict[str, Any], run_dir: Path, store: str | Path | None = None) -> str:
+    """Where the store of the run ``run_dir`` is: the one it recorded, or ``store`` (``evaluate
+    --store``: the store moved), whose version of the run's config hash is chosen and checked."""
+    recorded = str(config["store"])
+    if store is None:
+        if not is_url(recorded) and not Path(recorded).exists():
             raise UserInputError(
-                f"{path} is missing; pass the --out directory of `braindecode-cli train`"
+                f"Run {run_dir} was trained on store {recorded}, which is not there any more "
+                "(moved or deleted); pass --store PATH: the store's new place"
             )
-    return json.loads(config_path.read_text()), load_arrays(pred_path)
+        return recorded
+    if is_url(str(store)):
+        return str(store)
+    given = Path(store)
+    if not given.exists():
+        raise UserInputError(f"--store {store} does not exist; pass the store the run used")
+    wanted = str(config.get("store_config_hash", ""))
+    version = given / "versions" / wanted[:12]
+    if wanted and (version / "manifest.json").is_file():
+        return str(version)
+    found = TensorStore.open(given).manifest.get("config_hash", "")
+    if wanted and found != wanted:
+        raise UserInputError(
+            f"--store {store} is not the store run {run_dir} was trained on (its config hash "
+            f"{found[:12]} differs from the run's {wanted[:12]}); pass that store"
+        )
+    return str(given)
 
 
 def _open_store(config: dict[str, Any], run_dir: Path) -> TensorStore:
@@ -96,14 +125,18 @@ def _written_atomically(out: Path) -> Iterator[Path]:
 
 
 def evaluate_run(
-    run_dir: Path, out: Path | None = None, subjects: list[str] | None = None
+    run_dir: Path,
+    out: Path | None = None,
+    subjects: list[str] | None = None,
+    store: str | Path | None = None,
 ) -> dict[str, Any]:
     """Score a run's test predictions against the store's cached features; write the report
     into ``out`` (default ``run_dir/eval``), which appears atomically and replaces an earlier
     evaluation there.
 
     ``subjects`` limits an fMRI run's scoring to those of its subjects (a grid cell scores one);
-    ephys runs are scored whole.
+    ephys runs are scored whole. ``store`` replaces the store path the run recorded (a moved
+    store; its version with the run's config hash is used).
 
     Metrics per subject (keys `<metric>.<space>`): two-way identification, retrieval top-1
     and feature correlation on repeat-averaged test betas, plus the median noise ceiling of
@@ -113,21 +146,20 @@ def evaluate_run(
     out = Path(out) if out is not None else run_dir / "eval"
     _check_replaceable(out)
     with _written_atomically(out) as tmp:
-        return _evaluate_into(run_dir, tmp, subjects)
+        return _evaluate_into(run_dir, tmp, subjects, store)
 
 
-def _evaluate_into(run_dir: Path, out: Path, subjects: list[str] | None) -> dict[str, Any]:
+def _evaluate_into(
+    run_dir: Path, out: Path, subjects: list[str] | None, store: str | Path | None = None
+) -> dict[str, Any]:
     """:func:`evaluate_run` writing into the (temporary) directory ``out``."""
-    ephys = (
-        json.loads((run_dir / "config.json").read_text())
-        if (run_dir / "config.json").is_file()
-        else {}
-    )
-    if ephys.get("kind") == "spikes":  # spike models: likelihood, generation, behaviour, coupling
-        return evaluate_spike_run(run_dir, ephys, out)
-    if ephys.get("kind") in EPHYS_KINDS:  # ephys runs: classification / pre-training metrics
-        return evaluate_ephys_run(run_dir, ephys, out)
-    config, predictions = _read_run(run_dir)
+    config = read_run_config(run_dir)
+    config = {**config, "store": run_store(config, run_dir, store)}
+    if config.get("kind") == "spikes":  # spike models: likelihood, generation, behaviour, coupling
+        return evaluate_spike_run(run_dir, config, out)
+    if config.get("kind") in EPHYS_KINDS:  # ephys runs: classification / pre-training metrics
+        return evaluate_ephys_run(run_dir, config, out)
+    predictions = _read_predictions(run_dir)
     store = _open_store(config, run_dir)
     space = config["settings"]["feature_space"]
     kind = config["settings"]["feature_kind"]

@@ -211,8 +211,16 @@ def store_lock(out: Path) -> Iterator[FileLock]:
     that it outlives the removal of a store a failed prepare created). A second ``prepare`` of
     the same store waits for the first, saying so in one line, then finds its version or builds
     the next one."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    lock = FileLock(str(out.parent / f".{out.name}.lock"))
+    path = out.parent / f".{out.name}.lock"
+    try:  # filelock retries forever on a lock file it cannot create (e.g. under /proc)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o644))
+    except OSError as exc:
+        raise UserInputError(
+            f"--out {out} cannot be written: {exc.strerror} ({exc.filename}); "
+            "choose a writable --out"
+        ) from None
+    lock = FileLock(str(path))
     try:
         lock.acquire(timeout=0)
     except Timeout:

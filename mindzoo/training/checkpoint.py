@@ -43,6 +43,7 @@ from mindzoo.atomic import (
     write_text,
 )
 from mindzoo.errors import DamagedFileError, UserInputError
+from mindzoo.runconfig import read_json_object
 from mindzoo.tensorfile import load_state, save_state
 
 STATE_FILE = "trainer_state.json"
@@ -193,8 +194,18 @@ def _checkpoint_temp(root: Path, name: str) -> Path:
 
 
 def read_state(checkpoint: Path) -> TrainerState:
-    """The trainer state saved in ``checkpoint``."""
-    return TrainerState(**json.loads((checkpoint / STATE_FILE).read_text()))
+    """The trainer state saved in ``checkpoint`` (a damaged file: one line naming it)."""
+    path = checkpoint / STATE_FILE
+    fix = f"remove {checkpoint} to resume from the checkpoint before it"
+    fields = read_json_object(path, "trainer state", fix)
+    try:
+        return TrainerState(**fields)
+    except TypeError:
+        known = sorted(TrainerState.__dataclass_fields__)
+        raise UserInputError(
+            f"{path} does not hold a trainer state (keys {sorted(fields)}, expected {known}); "
+            f"{fix}"
+        ) from None
 
 
 def read_best(checkpoint: Path) -> dict[str, torch.Tensor] | None:

@@ -33,7 +33,18 @@ def read_events(
             "folder or inherited from above it); add the events"
         )
     path = run.events_path
-    events = pd.read_csv(path, sep="\t", dtype=str, na_values=["n/a", ""], keep_default_na=False)
+    try:
+        events = pd.read_csv(
+            path, sep="\t", dtype=str, na_values=["n/a", ""], keep_default_na=False
+        )
+    except pd.errors.EmptyDataError:
+        raise UserInputError(
+            f"{path} is empty (no header row); it needs at least the columns onset and duration"
+        ) from None
+    except (pd.errors.ParserError, UnicodeDecodeError) as exc:
+        raise UserInputError(
+            f"{path} is not a tab-separated events table ({exc}); fix the events file"
+        ) from None
     missing = [column for column in required if column not in events.columns]
     if missing:
         raise UserInputError(
@@ -50,6 +61,13 @@ def read_events(
                 "number of seconds; fix the events file"
             )
         events[column] = values.astype(float)
+    negative = events["duration"] < 0
+    if negative.any():
+        row = int(negative.to_numpy().nonzero()[0][0])
+        raise UserInputError(
+            f"{path.name} row {row + 1}: duration {events['duration'].iloc[row]:g} s is "
+            "negative; BIDS durations are 0 or more seconds: fix the events file"
+        )
     return events
 
 

@@ -18,6 +18,7 @@ store. Stimuli and their images: :mod:`mindzoo.pipelines.fmri.stimuli`.
 
 from __future__ import annotations
 
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -195,9 +196,15 @@ def input_files(
 def _read_volumes(image: nib.Nifti1Image) -> tuple[np.ndarray, float, float]:
     """The stored 4D array (no float64 scaling copy) with its scale slope and intercept."""
     proxy = image.dataobj
-    if nib.is_proxy(proxy):
+    if not nib.is_proxy(proxy):
+        return np.asanyarray(proxy), 1.0, 0.0
+    try:  # a truncated .nii.gz ends in EOFError, which click would report as a Ctrl-C
         return proxy.get_unscaled(), float(proxy.slope), float(proxy.inter)
-    return np.asanyarray(proxy), 1.0, 0.0
+    except (EOFError, OSError, ValueError, zlib.error) as exc:
+        raise UserInputError(
+            f"{image.get_filename()} cannot be read ({exc or type(exc).__name__}): the file is "
+            "truncated or damaged; copy or download it again"
+        ) from None
 
 
 def _masked_timeseries(
@@ -230,6 +237,12 @@ def _fit_run(
         raise UserInputError(
             f"{plan.run.name} has NaN/inf values in {int(not_finite.sum())} ROI voxel(s), "
             f"e.g. voxel ({i}, {j}, {k}); fix the run or exclude those voxels from the mask"
+        )
+    if bold.size and (bold == bold[:1]).all():
+        raise UserInputError(
+            f"{plan.run.name} is constant: all {bold.shape[1]} ROI voxels keep one value in "
+            f"all {bold.shape[0]} volumes, so its betas would carry no information; check the "
+            "file (copy or export it again) or leave the run out"
         )
     n_frames = bold.shape[0]
     design = trial_regressors(

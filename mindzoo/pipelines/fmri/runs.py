@@ -14,6 +14,8 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pandas as pd
+from nibabel.filebasedimages import ImageFileError
+from nibabel.spatialimages import HeaderDataError
 
 from mindzoo.errors import UserInputError
 from mindzoo.pipelines.fmri.bids import (
@@ -153,8 +155,7 @@ def plan_subject(
         trials = run_trials(run, config, sources)
         if trials.empty:
             continue
-        require_content(run.bold_path)
-        image = nib.load(run.bold_path)
+        image = load_bold(run.bold_path)
         tr = check_bold_header(run, image)
         sources.add(run.bold_path, *run.sidecar_paths)
         n_frames = image.shape[3]
@@ -169,6 +170,20 @@ def plan_subject(
         )
     _number_runs(plans)
     return plans
+
+
+def load_bold(path: Path) -> nib.Nifti1Image:
+    """The NIfTI header of ``path`` (data read later); an empty, damaged or non-NIfTI file is
+    one line naming it."""
+    require_content(path)
+    if path.stat().st_size == 0:
+        raise UserInputError(f"{path} is empty (0 bytes): copy or download the bold file again")
+    try:
+        return nib.load(path)
+    except (ImageFileError, HeaderDataError, OSError, EOFError, ValueError) as exc:
+        raise UserInputError(
+            f"{path} is not a readable NIfTI image ({exc}); copy or download it again"
+        ) from None
 
 
 def _trial_type_filter(runs: list[BoldRun], config: FMRIPipelineConfig) -> str:
@@ -212,6 +227,13 @@ def _number_runs(plans: list[RunPlan]) -> None:
 
 
 def _check_onsets_inside_run(run: BoldRun, trials: pd.DataFrame, n_frames: int, tr: float) -> None:
+    early = trials["onset"] < 0
+    if early.any():
+        onset = float(trials.loc[early, "onset"].iloc[0])
+        raise UserInputError(
+            f"{run.events_path.name}: trial onset {onset:g} s is before the start of {run.name}; "
+            f"a single-trial beta needs the trial inside the run: fix the onset or drop the row"
+        )
     run_end = n_frames * tr
     late = trials["onset"] >= run_end
     if late.any():

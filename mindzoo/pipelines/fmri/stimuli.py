@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from mindzoo.errors import UserInputError
 from mindzoo.pipelines.fmri.bids import BoldRun, list_names, require_content
@@ -315,8 +315,13 @@ def load_images(paths: list[Path], image_size: int | None) -> np.ndarray:
     images = []
     for path in paths:
         require_content(path)
-        with Image.open(path) as opened:
-            image = opened.convert("RGB")
+        try:
+            with Image.open(path) as opened:
+                image = opened.convert("RGB")
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+            raise UserInputError(
+                f"Stimulus image {path} cannot be read ({exc}); replace it with a valid image"
+            ) from None
         if image_size is not None:
             image = _square_resize(image, image_size)
         elif images and image.size != (images[0].shape[1], images[0].shape[0]):
