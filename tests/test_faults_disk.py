@@ -29,6 +29,7 @@ DIFFUSION = [
     "trainer.steps=1",
     "trainer.batch_size=8",
 ]
+DECODER = ["trainer.epochs=1", "trainer.batch_size=32", "model.hidden_dim=64"]
 RECONSTRUCT = ["--subjects", "01", "--no-control", "--steps", "2"]
 MiB = 1024 * 1024
 
@@ -114,6 +115,29 @@ def test_disk_full_during_train_ridge(
         capsys.readouterr()
         assert cli(*base, "--out", str(disk / "second")) == 2
         one_error(capsys, "no space left on device", f"writing {disk / 'second'};")
+        assert hashes(disk) == before
+        assert sorted(p.name for p in disk.iterdir()) == ["first"]
+
+
+def test_disk_full_during_torch_training(
+    shared_tiny_store: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The disk fills while the first checkpoint's optimizer state is written (``torch.save``,
+    which says only ``RuntimeError``): one line, the half-written checkpoint and the run
+    directory this call made are removed, the earlier run stays."""
+    base = ["train", "mindeye-mlp", "--store", str(shared_tiny_store), *sets(DECODER)]
+    with small_disk(tmp_path / "disk") as disk:
+        assert cli(*base, "--out", str(disk / "first")) == 0
+        before = hashes(disk)
+        (checkpoint,) = (disk / "first" / "checkpoints").iterdir()
+        sizes = {p.name: p.stat().st_size for p in checkpoint.iterdir()}
+        first = ("rng-rank0.safetensors", "model.safetensors", "best.safetensors")
+        written_first = [name for name in first if name in sizes]  # before optimizer.pt
+        pages = 4096 * (len(written_first) + 4)  # each file takes whole pages; config.json
+        shrink(disk, sum(sizes[n] for n in written_first) + pages + sizes["optimizer.pt"] // 2)
+        capsys.readouterr()
+        assert cli(*base, "--out", str(disk / "second")) == 2
+        one_error(capsys, "no space left on device", str(disk / "second"))
         assert hashes(disk) == before
         assert sorted(p.name for p in disk.iterdir()) == ["first"]
 
