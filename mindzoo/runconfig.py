@@ -61,7 +61,7 @@ def check_adaptable(checkpoint: Path) -> None:
     if kind in ("ephys-classifier", "ephys-pretrain", "spikes"):
         model, data = config["model"], "spikes" if kind == "spikes" else "EEG/iEEG"
         raise UserInputError(
-            f"{checkpoint} is a {model} run ({data}); `adapt` adapts fMRI decoders (brain-it, "
+            f"{checkpoint} is a run of {model} ({data}); `adapt` adapts fMRI decoders (brain-it, "
             f"mindeye-mlp, mindbridge) to a new subject's voxels. Train {model} on the new "
             f"subject instead: `braindecode-cli train {model} --store STORE --subjects SUB`"
         )
@@ -73,12 +73,12 @@ def check_image_decoder(run_dir: Path) -> dict[str, Any]:
     config = read_run_config(Path(run_dir))
     kind = config.get("kind")
     if kind in ("ephys-classifier", "ephys-pretrain", "spikes") or config["model"] == "diffusion":
-        data = {"spikes": "spikes"}.get(str(kind), "EEG/iEEG")
-        what = "the diffusion model itself" if config["model"] == "diffusion" else f"a {data} run"
+        data = "spikes" if kind == "spikes" else "EEG/iEEG"
+        what = "the diffusion model" if config["model"] == "diffusion" else f"a {data} model"
         raise UserInputError(
-            f"{run_dir} is {config['model']}, {what}: it predicts no image features; "
+            f"{run_dir} is a run of {config['model']} ({what}): it predicts no image features; "
             "`reconstruct` needs a run of an fMRI image-feature decoder (ridge, brain-it, "
-            "mindeye-mlp, mindbridge); pass --weights for the diffusion model"
+            "mindeye-mlp, mindbridge)"
         )
     return config
 

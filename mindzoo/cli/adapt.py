@@ -13,6 +13,7 @@ import typer
 
 from mindzoo.cli.console import make_console
 from mindzoo.datasets.paths import check_output
+from mindzoo.errors import UserInputError
 from mindzoo.runconfig import check_adaptable
 
 console = make_console()
@@ -40,6 +41,12 @@ def register(app: typer.Typer) -> None:
         ),
     ) -> None:
         """Adapt a pre-trained decoder to a new subject; writes a run that `evaluate` reads."""
+        if (n_trials is None) == (fraction is None):
+            raise UserInputError("Pass exactly one of --n-trials N or --fraction F")
+        if fraction is not None and not 0 < fraction <= 1:
+            raise UserInputError(f"--fraction {fraction} is outside (0, 1]; e.g. --fraction 0.1")
+        if n_trials is not None and n_trials < 2:
+            raise UserInputError(f"--n-trials {n_trials} is too few: at least 2 are needed")
         from mindzoo.training.adapt import adapt_model  # torch: not for --help
 
         out = out or Path("runs") / f"adapt-{subject}-{time.strftime('%Y%m%d-%H%M%S')}"

@@ -119,7 +119,11 @@ def main() -> None:
         # standalone_mode=False: click returns typer.Exit codes instead of exiting
         status = app(standalone_mode=False, prog_name="braindecode-cli")
     except UserInputError as exc:
-        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        from rich.markup import escape  # "[trial, channel, time]" is text, not markup
+
+        err_console.print(
+            f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True
+        )
         sys.exit(2)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)

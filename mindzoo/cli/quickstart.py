@@ -46,8 +46,12 @@ def run_quickstart(
     """
     from mindzoo.evaluation.run import evaluate_run
     from mindzoo.reconstruction.run import reconstruct_run
+    from mindzoo.training.decoders import resolve_train_settings
+    from mindzoo.training.diffusion import resolve_settings as resolve_diffusion_settings
     from mindzoo.training.run import train_model
 
+    resolve_train_settings(DECODER, model_sets or [])  # bad --model-set: refused before prepare
+    resolve_diffusion_settings(diffusion_sets or [])
     timings = {}
     start = time.perf_counter()
     store = out / "store"

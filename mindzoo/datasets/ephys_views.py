@@ -108,9 +108,11 @@ def recording_info(store: TensorStore, subjects: list[str]) -> RecordingInfo:
     for subject in subjects:
         shape = store.signals(subject).shape
         if len(shape) != 3:
+            modality = store.manifest.get("modality", "unknown")
             raise UserInputError(
-                f"{subject} in store {store.path} has signals of shape {shape}, not "
-                "[trial, channel, time]; prepare an ieeg/eeg dataset for this model"
+                f"Store {store.path} holds {modality} data ({subject}: signals of shape "
+                f"{tuple(shape)}); this model reads EEG/iEEG epochs [trial, channel, time]: "
+                "prepare an eeg or ieeg dataset (e.g. `braindecode-cli prepare synthetic-eeg`)"
             )
         _, attrs = store.axis(subject)
         if "sfreq" not in attrs:

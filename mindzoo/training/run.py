@@ -21,6 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from mindzoo.datasets.remote import RemotePath, is_url, stage_run, upload_run
+from mindzoo.datasets.store import TensorStore
 from mindzoo.errors import UserInputError
 from mindzoo.models import get_model_info
 from mindzoo.training.decoders import train_decoder
@@ -36,6 +37,25 @@ RUNNERS: dict[str, Callable[..., Path]] = {
     "diffusion": train_diffusion,
     "spikes": train_spikes,
 }
+
+
+IMAGE_FEATURE_KINDS = ("estimator", "decoder", "diffusion")  # models of fMRI and images
+EPHYS_MODELS = "eegnet, shallow-fbcsp, eeg-conformer or du-in-*"
+
+
+def check_image_store(name: str, store_path: Path | str) -> None:
+    """Refuse a store that is not fMRI for a model that decodes (or generates) images: say the
+    store's modality and what the model needs, not which image features to add."""
+    store = TensorStore.open(store_path)
+    modality = store.manifest.get("modality", "fmri")
+    if modality == "fmri":
+        return
+    other = {"spikes": "a spike model (neuroformer, spike-*)"}.get(modality, EPHYS_MODELS)
+    raise UserInputError(
+        f"Store {store.path} holds {modality} data ({store.manifest.get('dataset')}); {name} "
+        f"decodes image features from fMRI voxels: prepare an fMRI dataset (e.g. "
+        f"`braindecode-cli prepare synthetic-fmri`) or train {other} on this store"
+    )
 
 
 def train_model(
@@ -55,7 +75,10 @@ def train_model(
     may be an fsspec URL (read remotely); a URL ``out`` is trained in a local staging directory
     (:func:`~mindzoo.datasets.remote.stage_run`) and uploaded when finished.
     """
-    runner = RUNNERS[get_model_info(name).kind]
+    kind = get_model_info(name).kind
+    runner = RUNNERS[kind]
+    if kind in IMAGE_FEATURE_KINDS:
+        check_image_store(name, store_path)
     if out is None and is_url(store_path):
         raise UserInputError(f"A store at a URL ({store_path}) has no local cache; pass --out")
     remote_out = str(out) if is_url(out) else None
