@@ -83,24 +83,18 @@ def one_error(capsys: pytest.CaptureFixture[str], *phrases: str) -> str:
 def test_disk_full_during_prepare(
     shared_tiny_store: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """A second version (seed 4) into a store on a full disk: the simulation fits, the version
-    does not. Its temporary is removed; the finished version, CURRENT and metrics.json stay."""
+    """A second version (other settings, the same simulation) into a store on a full disk:
+    its temporary is removed; the store (finished version, CURRENT, metrics.json) stays."""
     with small_disk(tmp_path / "disk") as disk:
         store = disk / "store"
         shutil.copytree(shared_tiny_store, store)
         before = hashes(store)
-        shrink(disk, 4 * MiB)
-        args = ["prepare", "synthetic-fmri", "--out", str(store), "--seed", "4", *sets(TINY)]
+        shrink(disk, 64 * 1024)
+        args = ["prepare", "synthetic-fmri", "--out", str(store), "--seed", "3", *sets(TINY)]
         capsys.readouterr()
-        assert cli(*args) == 2
+        assert cli(*args, "--set", "features=[]") == 2
         one_error(capsys, "no space left on device", str(store))
-        assert list(store.rglob(".tmp-*")) == []
-        after = hashes(store)
-        assert {k: after.get(k) for k in before} == before
-        new = {k for k in after if k not in before}
-        assert all(k.startswith("raw/") for k in new), sorted(new)  # a complete simulation
-        for raw in (store / "raw").iterdir():
-            assert (raw / "dataset_description.json").is_file()
+        assert hashes(store) == before and list(store.rglob(".tmp-*")) == []
         assert cli("verify", str(store)) == 0
 
 
@@ -243,9 +237,6 @@ def test_read_only_output(
         capsys.readouterr()
         for name, args in commands.items():
             assert cli(*args) == 2, name
-            line = one_error(
-                capsys, "read-only file system", f"writing {args[args.index('--out') + 1]}"
-            )
-            assert "--out" in line, name
+            one_error(capsys, "read-only file system", args[args.index("--out") + 1])
         assert list(parent.iterdir()) == []
     assert not (tmp_path / "disk" / "parent").exists()  # unmounted

@@ -46,6 +46,7 @@ DIFFUSION = [
     "trainer.steps=2",
     "trainer.batch_size=8",
 ]
+NO_FEATURES = ["--set", "features=[]"]  # a second version that needs no feature extraction
 RECONSTRUCT = ["--subjects", "01", "--no-control", "--steps", "2"]
 
 # Runs the CLI with MODULE.FUNCTION wrapped: after the NTH call for which CONDITION (a Python
@@ -266,6 +267,7 @@ def test_kill_9_during_reconstruct_then_rerun(
 
 def _prepare(store: Path, seed: int, log: Path) -> subprocess.Popen[bytes]:
     args = ["prepare", "synthetic-fmri", "--out", str(store), "--seed", str(seed), *sets(TINY)]
+    args += NO_FEATURES if seed != 3 else []
     with log.open("wb") as sink:
         return subprocess.Popen(
             [sys.executable, "-m", "mindzoo", *args],
@@ -278,8 +280,8 @@ def _prepare(store: Path, seed: int, log: Path) -> subprocess.Popen[bytes]:
 def test_kill_9_during_prepare_then_concurrent_reruns(
     shared_tiny_store: Path, tmp_path: Path
 ) -> None:
-    """A prepare of a second version (seed 4) into a store with a finished one (seed 3), killed
-    mid-build: the finished version, CURRENT and metrics.json stay as they were. Then three
+    """A prepare of a second version (seed 4, no store features: quicker) into a store with a
+    finished one (seed 3), killed mid-build: the finished version, CURRENT and metrics.json stay as they were. Then three
     prepares of that store at once, held at the store's lock until all three wait there and let
     go together: seed 4 twice (one builds, reclaiming the dead one's temporary; its twin finds
     the version) and seed 3 (finds its version). All end with status 0 and no traceback; both
@@ -288,6 +290,7 @@ def test_kill_9_during_prepare_then_concurrent_reruns(
     shutil.copytree(shared_tiny_store, store)
     before = hashes(store)
     args = ["prepare", "synthetic-fmri", "--out", str(store), "--seed", "4", *sets(TINY)]
+    args += NO_FEATURES
     # paused once the first subject's arrays are written into the version's temporary
     kill_when_paused(tmp_path, "mindzoo.datasets.store:StoreWriter.write_subject", args)
     (left,) = temporaries(store)
