@@ -203,8 +203,7 @@ def read_state(checkpoint: Path) -> TrainerState:
     except TypeError:
         known = sorted(TrainerState.__dataclass_fields__)
         raise UserInputError(
-            f"{path} does not hold a trainer state (keys {sorted(fields)}, expected {known}); "
-            f"{fix}"
+            f"{path} does not hold a trainer state (keys {sorted(fields)}, expected {known}); {fix}"
         ) from None
 
 
