@@ -17,7 +17,7 @@ from mindzoo.executors import ExecutorSettings
 console = make_console()
 
 
-_NOT_AXIS = ("n_trials", "n_test_trials", "n_times", "n_spikes")
+_NOT_AXIS = ("n_trials", "n_test_trials", "n_times", "n_spikes", "runs_without_trials")
 
 
 def summarise_store(store: TensorStore) -> dict:
@@ -43,6 +43,9 @@ def summarise_store(store: TensorStore) -> dict:
         }
         if len(shape) == 3:
             sizes[subject]["n_times"] = int(shape[2])
+        dropped = store.axis(subject)[1].get("runs_without_trials")
+        if dropped:
+            sizes[subject]["runs_without_trials"] = list(dropped)
     return sizes
 
 
@@ -97,6 +100,13 @@ def run_prepare(
         if "n_spikes" in size:
             times = f", {size['n_spikes']} spikes"
         console.print(f"  {subject}: {size['n_trials']} trials x {count} {axis}{times}")
+        if size.get("runs_without_trials"):
+            dropped = size["runs_without_trials"]
+            console.print(
+                f"  warning: {subject}: {len(dropped)} run(s) left out, no events row names a "
+                f"stimulus: {', '.join(dropped)}",
+                highlight=False,
+            )
     metrics = {
         "dataset": dataset,
         "version": result.version_dir.name,

@@ -75,6 +75,12 @@ def write_fmri_subject(writer: Any, data: SubjectBetas) -> None:
             "affine": np.asarray(data.affine).tolist(),
             "volume_shape": list(data.volume_shape),
             "space": data.space,
+            # only when runs were left out, so other stores keep their bytes
+            **(
+                {"runs_without_trials": list(data.runs_without_trials)}
+                if data.runs_without_trials
+                else {}
+            ),
         },
     )
 

@@ -6,6 +6,7 @@ one ``error:`` line naming the file, no traceback and nothing written."""
 from __future__ import annotations
 
 import hashlib
+import json
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -225,3 +226,24 @@ def test_a_damaged_bids_source_is_refused(
     named = path if naming == "path" else path.name
     line = assert_refused(capsys, args, named, (source, out))
     assert "aborted" not in line
+
+
+def test_a_run_without_trials_is_left_out_with_a_warning(
+    bids_source: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An events table with no rows (real datasets have such runs) is not refused, but the
+    run it drops is named and counted in prepare's summary and metrics.json."""
+    source = tmp_path / "raw"
+    shutil.copytree(bids_source, source)
+    events = _events(source)
+    events.write_text(events.read_text().splitlines()[0] + "\n")  # the header only
+    out = tmp_path / "store"
+    capsys.readouterr()
+    assert cli("prepare", "bids-fmri", "--source", str(source), "--out", str(out)) == 0
+    printed = capsys.readouterr().out
+    run = bold_path(source, "01", 1, 1).name
+    assert f"warning: sub-01: 1 run(s) left out, no events row names a stimulus: {run}" in printed
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["subjects"]["sub-01"]["runs_without_trials"] == [run]
+    assert metrics["subjects"]["sub-01"]["n_trials"] == 3 + 3  # the other run's trials only
+    assert cli("verify", str(out)) == 0

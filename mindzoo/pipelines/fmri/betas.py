@@ -23,7 +23,8 @@ class SubjectBetas:
     order (columns ``stimulus_index``, ``stimulus_id``, ``session``, ``run``, ``repetition``,
     ``split``, ``label``, ``onset`` in s); ``voxel_ijk`` int32 ``[voxel, 3]`` indexes the
     ``volume_shape`` grid and ``voxel_xyz`` float32 ``[voxel, 3]`` is ``affine @ ijk`` in mm in
-    ``space``; ``roi_labels`` names each voxel's ROI.
+    ``space``; ``roi_labels`` names each voxel's ROI. ``runs_without_trials`` names the runs
+    left out because no events row of theirs names a stimulus (prepare's summary counts them).
     """
 
     subject: str
@@ -35,6 +36,7 @@ class SubjectBetas:
     affine: np.ndarray
     volume_shape: tuple[int, int, int]
     space: str
+    runs_without_trials: tuple[str, ...] = ()  # left out: no events row names a stimulus
 
 
 @dataclass

@@ -18,6 +18,7 @@ store. Stimuli and their images: :mod:`mindzoo.pipelines.fmri.stimuli`.
 
 from __future__ import annotations
 
+import dataclasses
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,7 +37,13 @@ from mindzoo.pipelines.fmri.config import FMRIPipelineConfig, under_root
 from mindzoo.pipelines.fmri.events import run_trials
 from mindzoo.pipelines.fmri.glm import fit_single_trial_betas, nuisance_regressors, trial_regressors
 from mindzoo.pipelines.fmri.masks import Voxels, epi_voxels, find_subject_masks, subject_voxels
-from mindzoo.pipelines.fmri.runs import RunPlan, RunSelection, plan_subject, select_runs
+from mindzoo.pipelines.fmri.runs import (
+    RunPlan,
+    RunSelection,
+    plan_subject,
+    runs_without_trials,
+    select_runs,
+)
 from mindzoo.pipelines.fmri.sources import SourceFiles
 from mindzoo.pipelines.fmri.stimuli import (
     STIMULI_DIR,
@@ -105,7 +112,14 @@ def fit_bids_subject(plan: FMRIPlan, subject: str, progress: bool = True) -> Sub
         ) as bar,
     ):
         betas, trials, fitted_voxels = _fit_subject(plan.plans[subject], voxels, plan.config, bar)
-    return _assemble_subject(subject, betas, trials, fitted_voxels, plan.catalog, plan.config)
+    assembled = _assemble_subject(subject, betas, trials, fitted_voxels, plan.catalog, plan.config)
+    return _with_dropped_runs(assembled, plan, subject)
+
+
+def _with_dropped_runs(data: SubjectBetas, plan: FMRIPlan, subject: str) -> SubjectBetas:
+    """``data`` naming the runs of ``subject`` left out for want of trials."""
+    dropped = runs_without_trials(subject, plan.selection, plan.config)
+    return dataclasses.replace(data, runs_without_trials=dropped) if dropped else data
 
 
 def stimulus_images(plan: FMRIPlan) -> np.ndarray | None:
@@ -144,9 +158,10 @@ def prepare_bids_fmri(
             betas, trials, fitted_voxels = _fit_subject(
                 plan.plans[subject], voxels[subject], config, bar
             )
-            prepared[f"sub-{subject}"] = _assemble_subject(
+            assembled = _assemble_subject(
                 subject, betas, trials, fitted_voxels, plan.catalog, config
             )
+            prepared[f"sub-{subject}"] = _with_dropped_runs(assembled, plan, subject)
     images = stimulus_images(plan)
     return PreparedFMRI(
         subjects=prepared,

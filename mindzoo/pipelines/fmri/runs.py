@@ -172,6 +172,15 @@ def plan_subject(
     return plans
 
 
+def runs_without_trials(
+    subject: str, selection: RunSelection, config: FMRIPipelineConfig
+) -> tuple[str, ...]:
+    """The chosen runs of ``subject`` that :func:`plan_subject` leaves out: no events row of
+    theirs names a stimulus (an empty events table, or only responses/fixations)."""
+    runs = [run for run in selection.runs if run.subject == subject]
+    return tuple(run.name for run in runs if run_trials(run, config).empty)
+
+
 def load_bold(path: Path) -> nib.Nifti1Image:
     """The NIfTI header of ``path`` (data read later); an empty, damaged or non-NIfTI file is
     one line naming it."""
