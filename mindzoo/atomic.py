@@ -230,7 +230,8 @@ def atomic_directory(target: Path) -> Iterator[Path]:
     """Yield a fresh, empty hidden sibling of `target`; on success it replaces `target`.
 
     On an exception the sibling is removed and `target` is left as it was, so readers see
-    either the old directory or the complete new one, never a half-written one. Stale
+    either the old directory or the complete new one, never a half-written one (an old
+    `target` is renamed aside before the new one takes its place, then removed). Stale
     temporaries of interrupted writers beside `target` are reclaimed first. A full or
     read-only disk (:func:`disk_errno`) is raised as an ``OSError`` naming `target`.
     """
@@ -241,9 +242,14 @@ def atomic_directory(target: Path) -> Iterator[Path]:
         reclaim_stale(target.parent)
         tmp.mkdir()
         yield tmp
-        if target.exists():
-            shutil.rmtree(target)
+        old = temp_sibling(target) if target.exists() else None
+        if old is not None:  # moved aside, not removed first: a kill never loses both
+            os.replace(target, old)
         os.replace(tmp, target)
+        if old is not None and old.is_dir():
+            shutil.rmtree(old, ignore_errors=True)
+        elif old is not None:
+            old.unlink(missing_ok=True)
     except Exception as exc:
         named = _naming(exc, target)
         if named is exc:
