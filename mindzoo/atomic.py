@@ -243,7 +243,7 @@ def atomic_directory(target: Path) -> Iterator[Path]:
         tmp.mkdir()
         yield tmp
         old = temp_sibling(target) if target.exists() else None
-        if old is not None:  # moved aside, not removed first: a kill never loses both
+        if old is not None:  # aside first: a kill loses the old one only between two renames
             os.replace(target, old)
         os.replace(tmp, target)
         if old is not None and old.is_dir():
