@@ -127,7 +127,15 @@ def main() -> None:
         sys.exit(2)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
-    except typer.Abort:
+    except typer.Abort as exc:
+        if isinstance(exc.__cause__, EOFError):  # click turns any EOFError into an Abort
+            from rich.markup import escape
+
+            line = f"a file or input ended early ({exc.__cause__ or 'EOFError'}); it is truncated"
+            err_console.print(
+                f"[bold red]error:[/] {escape(line)}", highlight=False, soft_wrap=True
+            )
+            sys.exit(2)
         err_console.print("aborted")
         sys.exit(130)
     except Exception as exc:

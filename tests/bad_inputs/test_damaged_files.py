@@ -247,3 +247,22 @@ def test_a_run_without_trials_is_left_out_with_a_warning(
     assert metrics["subjects"]["sub-01"]["runs_without_trials"] == [run]
     assert metrics["subjects"]["sub-01"]["n_trials"] == 3 + 3  # the other run's trials only
     assert cli("verify", str(out)) == 0
+
+
+def test_an_eof_error_is_not_reported_as_ctrl_c(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """click turns every EOFError into an Abort; a truncated file is not a Ctrl-C (exit 130)."""
+    import mindzoo.models
+
+    def truncated() -> None:
+        raise EOFError("Compressed file ended before the end-of-stream marker was reached")
+
+    monkeypatch.setattr(mindzoo.models, "list_models", truncated)
+    assert cli("models") == 2
+    err = capsys.readouterr().err
+    assert "aborted" not in err
+    assert err.strip() == (
+        "error: a file or input ended early (Compressed file ended before the end-of-stream "
+        "marker was reached); it is truncated"
+    )
