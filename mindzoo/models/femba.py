@@ -98,7 +98,7 @@ class FEMBAConfig(BaseModel):
     scan: Literal["auto", "parallel", "sequential", "kernel"] = Field(
         "auto", description="Selective scan (see mindzoo.models.mamba_scan)."
     )
-    chunk: int = Field(16, ge=2, description="Chunk length of the parallel scan.")
+    chunk: int = Field(8, ge=2, description="Time steps per chunk of the parallel scan.")
 
     def size(self) -> tuple[int, int]:
         """(n_blocks, embed_dim) after the preset and its overrides."""

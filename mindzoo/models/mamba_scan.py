@@ -19,20 +19,21 @@ For one input ``x`` [batch, L, d_model]::
     out    = out_proj(y * SiLU(z))
 
 The recurrence ``h_t = a_t h_{t-1} + b_t`` (the selective scan) is computed in one of three ways:
-``"sequential"`` (the reference: one step per time point), ``"parallel"`` (default: an
-associative scan, below) or ``"kernel"`` (``mamba_ssm``'s fused CUDA kernel, used by
-``"auto"`` when ``mamba_ssm`` is importable and the input is on a CUDA device). All compute the
-same function of the same weights.
+``"sequential"`` (the reference: one autograd step per time point over the whole [batch, L,
+d_inner, d_state] state), ``"parallel"`` (default) or ``"kernel"`` (``mamba_ssm``'s fused CUDA
+kernel, used by ``"auto"`` when ``mamba_ssm`` is importable and the input is on a CUDA device).
+All compute the same function of the same weights.
 
-The parallel scan is a two-level associative scan of the first-order linear recurrence (the
-idea of Blelloch's prefix sums, as used by the ``mambapy`` package's ``pscan``; our code is a
-different scheme): time is cut into chunks of ``chunk`` steps, each chunk is scanned in
-``log2(chunk)`` vectorised Hillis-Steele steps, the per-chunk carries are scanned recursively the
-same way, and each chunk adds its decayed carry. Python steps grow as ``log(L)``, work as
-``L log(chunk)``. Its backward pass is another such scan run backwards in time (custom autograd),
-so only ``a`` and ``h`` are kept for it: memory is ``O(batch L d_inner d_state)`` like the
-reference loop's. Products of ``a = exp(delta A)`` lie in (0, 1], so the scan is stable for any
-length (no cumulative sums of logarithms that overflow).
+``"parallel"`` cuts time into chunks of ``chunk`` steps; each chunk is an associative scan in
+``log2(chunk)`` vectorised Hillis-Steele steps (the prefix-sum idea that the ``mambapy``
+package's ``pscan`` uses in Blelloch form; our code is another scheme) started from the state
+the previous chunk ended in, contracted with ``C`` at once. A custom backward recomputes each
+chunk's states from the saved chunk-start states and runs the adjoint recurrence (``s_t = g_t +
+a_{t+1} s_{t+1}``) backwards in time, so, as in mamba_ssm's kernel, the d_state-wide states are
+never stored for the whole sequence: memory is ``O(batch L d_inner)``. Products of ``a =
+exp(delta A)`` lie in (0, 1], so the scan is stable at any length (no cumulative sums of
+logarithms that overflow). :func:`scan_parallel` is the same associative scan for the bare
+recurrence, two-level over the whole sequence (``O(log L)`` Python steps).
 """
 
 from __future__ import annotations
@@ -134,6 +135,85 @@ def scan_parallel(a: torch.Tensor, b: torch.Tensor, chunk: int = 16) -> torch.Te
 
 
 # ---------------------------------------------------------------------------- selective scan
+def _chunk_inputs(
+    delta: torch.Tensor, u: torch.Tensor, A: torch.Tensor, B: torch.Tensor, s: slice
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``a = exp(delta A)`` and ``b = delta u B`` of time steps ``s``, [batch, t, d_inner,
+    d_state], from time-major ``delta``, ``u`` [batch, L, d_inner] and ``B`` [batch, L, d_state]."""
+    a = torch.exp(delta[:, s, :, None] * A)
+    b = (delta[:, s] * u[:, s])[..., None] * B[:, s, None, :]
+    return a, b
+
+
+class _SelectiveScan(torch.autograd.Function):
+    """``y_t = C_t . h_t``, ``h_t = exp(delta_t A) h_{t-1} + delta_t B_t u_t``, fused over time
+    chunks (time-major inputs: ``u``, ``delta`` [batch, L, d_inner], ``B``, ``C`` [batch, L,
+    d_state], ``A`` [d_inner, d_state]; ``y`` [batch, L, d_inner]).
+
+    Each chunk of ``chunk`` steps is scanned with :func:`_hillis_steele` from the state the
+    previous chunk ended in; only those chunk-start states [batch, n_chunks, d_inner, d_state]
+    are kept, and the backward pass recomputes each chunk's states from them (as mamba_ssm's
+    kernel does), so memory is ``O(batch L d_inner)`` plus one chunk's ``d_state``-wide states.
+    """
+
+    @staticmethod
+    def forward(
+        ctx: Any,
+        u: torch.Tensor,
+        delta: torch.Tensor,
+        A: torch.Tensor,
+        B: torch.Tensor,
+        C: torch.Tensor,
+        chunk: int,
+    ) -> torch.Tensor:
+        batch, length, d_inner = u.shape
+        h = u.new_zeros(batch, d_inner, A.shape[1])
+        starts, ys = [], []
+        for t0 in range(0, length, chunk):
+            s = slice(t0, min(t0 + chunk, length))
+            starts.append(h)
+            a, b = _chunk_inputs(delta, u, A, B, s)
+            decay, states = _hillis_steele(a, b)
+            states += decay * h[:, None]
+            ys.append((states @ C[:, s, :, None]).squeeze(-1))
+            h = states[:, -1]
+        ctx.save_for_backward(u, delta, A, B, C, torch.stack(starts, 1))
+        ctx.chunk = chunk
+        return torch.cat(ys, 1)
+
+    @staticmethod
+    def backward(ctx: Any, grad_y: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        u, delta, A, B, C, starts = ctx.saved_tensors
+        length, chunk = u.shape[1], ctx.chunk
+        grad_u, grad_delta = torch.empty_like(u), torch.empty_like(delta)
+        grad_B, grad_C = torch.empty_like(B), torch.empty_like(C)
+        grad_A = torch.zeros_like(A)
+        carry = torch.zeros_like(starts[:, 0])  # dL/dh at the chunk's end from later chunks
+        for index in reversed(range(starts.shape[1])):
+            s = slice(index * chunk, min((index + 1) * chunk, length))
+            h0 = starts[:, index]
+            a, b = _chunk_inputs(delta, u, A, B, s)
+            decay, states = _hillis_steele(a.clone(), b)
+            states += decay * h0[:, None]
+            g = grad_y[:, s]
+            grad_C[:, s] = (states * g[..., None]).sum(2)
+            dh = g[..., None] * C[:, s, None, :]
+            dh[:, -1] += carry
+            # s_t = dh_t + a_{t+1} s_{t+1}: a scan backwards in time
+            a_next = torch.cat([a[:, 1:], torch.ones_like(a[:, :1])], 1)
+            sens = _hillis_steele(a_next.flip(1), dh.flip(1))[1].flip(1)
+            carry = a[:, 0] * sens[:, 0]
+            h_prev = torch.cat([h0[:, None], states[:, :-1]], 1)
+            grad_log_a = sens * h_prev * a  # dL/d(delta A)
+            grad_delta[:, s] = (grad_log_a * A).sum(-1)
+            grad_A += (grad_log_a * delta[:, s, :, None]).sum((0, 1))
+            grad_du = (sens * B[:, s, None, :]).sum(-1)  # dL/d(delta u)
+            grad_delta[:, s] += grad_du * u[:, s]
+            grad_u[:, s] = grad_du * delta[:, s]
+            grad_B[:, s] = (sens * (delta[:, s] * u[:, s])[..., None]).sum(2)
+        return grad_u, grad_delta, grad_A, grad_B, grad_C, None
+
+
 def selective_scan(
     u: torch.Tensor,
     delta: torch.Tensor,
@@ -145,7 +225,7 @@ def selective_scan(
     delta_bias: torch.Tensor | None = None,
     delta_softplus: bool = False,
     scan: str = "parallel",
-    chunk: int = 16,
+    chunk: int = 8,
 ) -> torch.Tensor:
     """Mamba's selective scan, with the argument layout of ``mamba_ssm``'s ``selective_scan_fn``.
 
@@ -163,16 +243,16 @@ def selective_scan(
         delta = delta + delta_bias[:, None]
     if delta_softplus:
         delta = F.softplus(delta)
-    delta_t = delta.transpose(1, 2)  # [batch, L, d_inner]
-    a = torch.exp(delta_t[..., None] * A)  # [batch, L, d_inner, d_state]
-    b = (delta_t * u.transpose(1, 2))[..., None] * B.transpose(1, 2)[:, :, None, :]
-    if scan == "sequential":
+    delta_t, u_t = delta.transpose(1, 2), u.transpose(1, 2)  # [batch, L, d_inner]
+    B_t, C_t = B.transpose(1, 2), C.transpose(1, 2)  # [batch, L, d_state]
+    if scan == "parallel":
+        y = _SelectiveScan.apply(u_t, delta_t, A, B_t, C_t, chunk).transpose(1, 2)
+    elif scan == "sequential":
+        a, b = _chunk_inputs(delta_t, u_t, A, B_t, slice(None))  # [batch, L, d_inner, d_state]
         h = scan_sequential(a, b)
-    elif scan == "parallel":
-        h = scan_parallel(a, b, chunk)
+        y = (h @ C_t[..., None]).squeeze(-1).transpose(1, 2)  # [batch, d_inner, L]
     else:
         raise ValueError(f"unknown scan {scan!r}; choose one of {', '.join(SCANS)}")
-    y = (h @ C.transpose(1, 2)[..., None]).squeeze(-1).transpose(1, 2)  # [batch, d_inner, L]
     if D is not None:
         y = y + u * D[:, None]
     if z is not None:
@@ -203,7 +283,7 @@ class Mamba(nn.Module):
         conv_bias: bool = True,
         bias: bool = False,
         scan: str = "auto",
-        chunk: int = 16,
+        chunk: int = 8,
     ) -> None:
         super().__init__()
         if scan not in SCANS:
@@ -251,15 +331,16 @@ class Mamba(nn.Module):
             [self.dt_rank, self.d_state, self.d_state], dim=-1
         )
         delta = (dt @ self.dt_proj.weight.t()).transpose(1, 2)  # bias added in the scan
+        fp = torch.float64 if x.dtype == torch.float64 else torch.float32  # A, D, bias: >= fp32
         y = selective_scan(
             u,
             delta,
-            -torch.exp(self.A_log.float()),
+            -torch.exp(self.A_log.to(fp)),
             B.transpose(1, 2).contiguous(),
             C.transpose(1, 2).contiguous(),
-            self.D.float(),
+            self.D.to(fp),
             z=z,
-            delta_bias=self.dt_proj.bias.float(),
+            delta_bias=self.dt_proj.bias.to(fp),
             delta_softplus=True,
             scan=self.resolved_scan(x),
             chunk=self.chunk,

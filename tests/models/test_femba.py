@@ -31,6 +31,7 @@ from mindzoo.models.mamba_scan import (
     mamba_parameter_count,
     scan_parallel,
     scan_sequential,
+    selective_scan,
 )
 from mindzoo.models.trainable import count_parameters
 
@@ -83,16 +84,32 @@ def test_parallel_scan_gradcheck() -> None:
     )
 
 
-def test_mamba_parallel_and_sequential_blocks_agree() -> None:
+@pytest.mark.parametrize(("length", "chunk"), [(1, 4), (45, 8), (45, 7), (80, 16), (33, 64)])
+def test_mamba_parallel_and_sequential_blocks_agree(length: int, chunk: int) -> None:
     torch.manual_seed(0)
-    block = Mamba(16, expand=4, scan="parallel").double()
-    x = torch.randn(2, 45, 16, dtype=torch.float64)
+    block = Mamba(16, expand=4, scan="parallel", chunk=chunk).double()
+    x = torch.randn(2, length, 16, dtype=torch.float64, requires_grad=True)
     y_par = block(x)
+    weights = torch.randn_like(y_par)
+    grads_par = torch.autograd.grad((y_par * weights).sum(), [x, *block.parameters()])
     block.scan = "sequential"
     y_seq = block(x)
-    assert y_par.shape == (2, 45, 16)
+    grads_seq = torch.autograd.grad((y_seq * weights).sum(), [x, *block.parameters()])
+    assert y_par.shape == (2, length, 16)
     assert (y_par - y_seq).abs().max().item() < 1e-12
     assert y_par.abs().max().item() > 1e-3  # not trivially zero
+    for g_par, g_seq in zip(grads_par, grads_seq, strict=True):
+        assert (g_par - g_seq).abs().max().item() <= 1e-12 * max(1.0, g_seq.abs().max().item())
+
+
+def test_selective_scan_gradcheck() -> None:
+    g = torch.Generator().manual_seed(7)
+    u = torch.randn(2, 3, 9, generator=g, dtype=torch.float64)  # [batch, d_inner, L]
+    B, C = torch.randn(2, 2, 4, 9, generator=g, dtype=torch.float64)  # [batch, d_state, L]
+    delta = torch.rand(2, 3, 9, generator=g, dtype=torch.float64)
+    A = -torch.rand(3, 4, generator=g, dtype=torch.float64)
+    inputs = tuple(t.requires_grad_() for t in (u, delta, A, B, C))
+    assert torch.autograd.gradcheck(lambda *args: selective_scan(*args, chunk=4), inputs)
 
 
 def test_mamba_parameters_follow_mamba_ssm() -> None:
