@@ -42,7 +42,8 @@ official patching would silently drop the last one); trailing samples that do no
 
 from __future__ import annotations
 
-from typing import Literal
+from collections.abc import Mapping
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -53,7 +54,7 @@ from mindzoo.datasets.ephys_views import RecordingInfo
 from mindzoo.errors import UserInputError
 from mindzoo.models.du_in import classification_outputs
 from mindzoo.models.mamba_scan import Mamba, mamba_parameter_count
-from mindzoo.models.trainable import EphysModel
+from mindzoo.models.trainable import EphysModel, InitRun, StageInit
 
 # (n_blocks, embed_dim) per size: docs/model/FEMBA.md:80-85 of the official code.
 PRESETS: dict[str, dict[str, int]] = {
@@ -366,3 +367,46 @@ def femba_parameter_count(
     elif stage != "encoder":
         raise ValueError(f"unknown stage {stage!r}")
     return total
+
+
+# ---------------------------------------------------------------- weights from elsewhere
+_ENCODER_PARTS = ("patch_embed.", "pos_embed", "mamba_blocks.", "norm_layers.")
+
+
+def official_to_ours(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Keys of an official FEMBA state dict (``models/FEMBA.py``'s module, or a Lightning
+    checkpoint's ``state_dict`` with its ``model.`` prefix) renamed to ours: the encoder's parts
+    go under ``encoder.``, ``decoder.*`` and ``classifier.*`` stay."""
+    out = {}
+    for key, value in state.items():
+        key = key.removeprefix("model.")
+        out[f"encoder.{key}" if key.startswith(_ENCODER_PARTS) else key] = value
+    return out
+
+
+def load_encoder(target: FEMBAEncoder, state: Mapping[str, torch.Tensor], where: str) -> None:
+    """Copy the ``encoder.*`` weights of ``state`` into ``target``; a one-line error naming the
+    first key that is missing or of another shape (e.g. learned positions of another length)."""
+    source = {k.removeprefix("encoder."): v for k, v in state.items() if k.startswith("encoder.")}
+    own = target.state_dict()
+    for key, value in own.items():
+        if key not in source or source[key].shape != value.shape:
+            got = "missing" if key not in source else f"of shape {tuple(source[key].shape)}"
+            raise UserInputError(
+                f"The encoder in {where} does not fit this model ({key} {got}, needs "
+                f"{tuple(value.shape)}); use the pre-training run's window length and size"
+            )
+    target.load_state_dict({k: source[k] for k in own})
+
+
+def _cls_prepare(model: dict[str, Any], init: InitRun) -> tuple[dict[str, Any], dict[str, Any]]:
+    settings = init.config["settings"]["model"]
+    return {**model, **{k: settings[k] for k in ENCODER_KEYS if k in settings}}, {}
+
+
+def _cls_apply(model: nn.Module, init: InitRun) -> None:
+    load_encoder(model.encoder, init.weights(), str(init.path))
+
+
+# ``femba`` (the classifier) optionally starts from a ``femba-pretrain`` run's encoder.
+INIT = StageInit(("femba-pretrain",), False, _cls_prepare, _cls_apply)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import torch
@@ -14,6 +15,7 @@ import torch.nn.functional as F
 from mindzoo.datasets.ephys_views import RecordingInfo
 from mindzoo.errors import UserInputError
 from mindzoo.models.femba import (
+    INIT,
     PAPER_PARAMETERS,
     REFERENCE_RECORDING,
     BiMamba,
@@ -23,6 +25,7 @@ from mindzoo.models.femba import (
     build_femba,
     femba_parameter_count,
     masked_smooth_l1,
+    official_to_ours,
     same_conv2d,
 )
 from mindzoo.models.mamba_scan import (
@@ -33,7 +36,8 @@ from mindzoo.models.mamba_scan import (
     scan_sequential,
     selective_scan,
 )
-from mindzoo.models.trainable import count_parameters
+from mindzoo.models.trainable import InitRun, count_parameters
+from mindzoo.tensorfile import save_state
 
 SMALL = {"embed_dim": 4, "n_blocks": 1, "head_hidden": 16}
 SHORT = RecordingInfo({"sub-01": 22, "sub-02": 22}, n_times=256, sfreq=256.0, n_classes=3)
@@ -283,6 +287,35 @@ def test_femba_tiny_trains_on_a_fixed_batch(stage: str) -> None:
         optimizer.step()
         losses.append(loss.item())
     assert losses[-1] < 0.5 * losses[0], losses  # measured: 0.46 -> 0.14 (pretrain)
+
+
+def test_classifier_starts_from_a_pretraining_run(tmp_path: Path) -> None:
+    torch.manual_seed(8)
+    config = FEMBAConfig(**SMALL)
+    pre = FEMBAPretrain(config, SHORT)
+    save_state(pre.state_dict(), tmp_path / "model.safetensors")
+    run_config = {"settings": {"model": config.model_dump()}, "build": {"info": SHORT.as_dict()}}
+    init = InitRun(tmp_path, run_config)
+    settings, extras = INIT.prepare({"preset": "base", "head_hidden": 16}, init)
+    assert settings["embed_dim"] == 4 and settings["n_blocks"] == 1 and extras == {}
+    assert settings["preset"] == "tiny" and settings["head_hidden"] == 16
+    cls = FEMBAClassifier(FEMBAConfig(**settings), SHORT)
+    INIT.apply(cls, init)
+    for key, value in pre.encoder.state_dict().items():
+        assert torch.equal(cls.encoder.state_dict()[key], value)
+    longer = FEMBAClassifier(FEMBAConfig(**settings), RecordingInfo({"a": 22}, 512, 256.0, 3))
+    with pytest.raises(UserInputError, match="pos_embed of shape"):
+        INIT.apply(longer, init)
+
+
+def test_official_keys_map_onto_ours() -> None:
+    pre = FEMBAPretrain(FEMBAConfig(**SMALL), SHORT)
+    official = {}
+    for key, value in pre.state_dict().items():  # the official module's names
+        official["model." + key.removeprefix("encoder.")] = value
+    mapped = official_to_ours(official)
+    assert set(mapped) == set(pre.state_dict())
+    pre.load_state_dict(mapped)
 
 
 @pytest.mark.skipif(
