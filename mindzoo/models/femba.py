@@ -242,7 +242,7 @@ def masked_smooth_l1(
 
 class FEMBAPretrain(EphysModel):
     """Masked reconstruction: zero ``mask_ratio`` of the patches, encode, decode, Smooth-L1 on
-    the masked samples. ``forward(x)`` draws the mask with torch's global generator."""
+    the masked samples."""
 
     kind = "ephys-pretrain"
 
@@ -280,8 +280,12 @@ class FEMBAPretrain(EphysModel):
     def forward(
         self, x: torch.Tensor, subject: str | None = None, y: torch.Tensor | None = None
     ) -> dict[str, torch.Tensor]:
-        """``loss``: Smooth-L1 on masked samples; ``loss_visible``: on the others (a log)."""
-        mask = self.sample_mask(self.patch_mask(x.shape[0])).to(x.device)
+        """``loss``: Smooth-L1 on masked samples; ``loss_visible``: on the others (a log).
+
+        Training draws masks from torch's global generator; eval mode always draws the same
+        ones (seed 0), so validation losses of different epochs compare."""
+        generator = None if self.training else torch.Generator().manual_seed(0)
+        mask = self.sample_mask(self.patch_mask(x.shape[0], generator)).to(x.device)
         target = self.encoder.crop(x)
         reconstruction = self.reconstruct(x, mask)
         return {

@@ -233,6 +233,8 @@ def test_loss_only_on_masked_samples() -> None:
     assert masked_smooth_l1(visible_changed, x, mask).item() == loss.item()
     hidden_changed = torch.where(mask, recon + 10.0, recon)
     assert masked_smooth_l1(hidden_changed, x, mask).item() > loss.item() + 1
+    pre.eval()  # validation masks are the same every call
+    assert pre(x)["loss"].item() == pre(x)["loss"].item()
     # the encoder never sees the masked samples
     other = torch.where(mask, torch.randn_like(x), x)
     assert torch.equal(pre.reconstruct(other, mask), recon)
