@@ -41,7 +41,7 @@ def register(app: typer.Typer) -> None:
         ),
     ) -> None:
         """Adapt a pre-trained decoder to a new subject; writes a run that `evaluate` reads."""
-        if (n_trials is None) == (fraction is None):
+        if n_trials is not None and fraction is not None:  # neither: refused once loaded
             raise UserInputError("Pass exactly one of --n-trials N or --fraction F")
         if fraction is not None and not 0 < fraction <= 1:
             raise UserInputError(f"--fraction {fraction} is outside (0, 1]; e.g. --fraction 0.1")
