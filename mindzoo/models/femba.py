@@ -42,7 +42,7 @@ official patching would silently drop the last one); trailing samples that do no
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 import torch
@@ -54,7 +54,7 @@ from mindzoo.datasets.ephys_views import RecordingInfo
 from mindzoo.errors import UserInputError
 from mindzoo.models.du_in import classification_outputs
 from mindzoo.models.mamba_scan import Mamba, mamba_parameter_count
-from mindzoo.models.trainable import EphysModel, InitRun, StageInit
+from mindzoo.models.trainable import EphysModel, InitRun, Stage, StageInit
 
 # (n_blocks, embed_dim) per size: docs/model/FEMBA.md:80-85 of the official code.
 PRESETS: dict[str, dict[str, int]] = {
@@ -73,7 +73,16 @@ REFERENCE_SHAPES = {"info": REFERENCE_RECORDING}
 
 # Settings that define the encoder's weights (a classifier initialised from a pre-training run
 # takes them from that run).
-ENCODER_KEYS = ("preset", "embed_dim", "n_blocks", "patch_channels", "patch_samples", "expand")
+ENCODER_KEYS = (
+    "preset",
+    "embed_dim",
+    "n_blocks",
+    "patch_channels",
+    "patch_samples",
+    "expand",
+    "d_state",
+    "d_conv",
+)
 
 
 class FEMBAConfig(BaseModel):
@@ -96,6 +105,12 @@ class FEMBAConfig(BaseModel):
     decoder_kernel: int = Field(31, ge=1, description="Odd kernel of the decoder's 'same' conv.")
     head_hidden: int = Field(256, ge=1, description="Width of the classification head.")
     head_expand: int = Field(2, ge=1, description="Mamba expansion in the classification head.")
+    layer_decay: float = Field(
+        0.75, gt=0, le=1, description="Layer-wise lr decay of the classifier's encoder blocks."
+    )
+    freeze_encoder: bool = Field(
+        False, description="Classifier: train the head only (linear-probe mode)."
+    )
     scan: Literal["auto", "parallel", "sequential", "kernel"] = Field(
         "auto", description="Selective scan (see mindzoo.models.mamba_scan)."
     )
@@ -327,6 +342,31 @@ class FEMBAClassifier(EphysModel):
         self.config, self.info = config, info
         self.encoder = FEMBAEncoder(config, _channels_of(info), info.n_times)
         self.classifier = FEMBAHead(self.encoder.d_model, info.n_classes, config)
+
+    def start_stage(self, stage: Stage, train: Any, resuming: bool) -> None:
+        """Frozen-encoder mode (``freeze_encoder``): only the head trains. (The official flag
+        ``finetuning.freeze_layers`` sets ``requires_grad = True`` on every parameter either
+        way, ``tasks/finetune_task.py:117-121``: its runs train end to end.)"""
+        self.encoder.requires_grad_(not self.config.freeze_encoder)
+
+    def optimizer_groups(self, params: Sequence[nn.Parameter]) -> list[dict[str, Any]]:
+        """One group per learning-rate scale, as the official layer-wise decay
+        (``tasks/finetune_task.py:271-281``, factor 0.75 in ``config/experiment/
+        FEMBA_finetune.yaml:33``): block ``i`` of ``n`` (and its LayerNorm) at ``decay^(n - i)``,
+        everything else (patch embedding, positions, head) at 1. The scale is in each group's
+        ``lr_scale``; the trainer multiplies its lr by it."""
+        wanted = {id(p) for p in params}
+        n_blocks = len(self.encoder.mamba_blocks)
+        groups: dict[float, list[nn.Parameter]] = {}
+        for name, param in self.named_parameters():
+            if id(param) not in wanted:
+                continue
+            parts = name.split(".")
+            scale = 1.0
+            if parts[:2] in (["encoder", "mamba_blocks"], ["encoder", "norm_layers"]):
+                scale = self.config.layer_decay ** (n_blocks - int(parts[2]))
+            groups.setdefault(scale, []).append(param)
+        return [{"params": ps, "lr_scale": scale} for scale, ps in sorted(groups.items())]
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         """Class scores [batch, n_classes] of windows ``x`` [batch, channel, time]."""

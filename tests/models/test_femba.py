@@ -36,7 +36,7 @@ from mindzoo.models.mamba_scan import (
     scan_sequential,
     selective_scan,
 )
-from mindzoo.models.trainable import InitRun, count_parameters
+from mindzoo.models.trainable import InitRun, Stage, count_parameters
 from mindzoo.tensorfile import save_state
 
 SMALL = {"embed_dim": 4, "n_blocks": 1, "head_hidden": 16}
@@ -308,6 +308,26 @@ def test_classifier_starts_from_a_pretraining_run(tmp_path: Path) -> None:
     longer = FEMBAClassifier(FEMBAConfig(**settings), RecordingInfo({"a": 22}, 512, 256.0, 3))
     with pytest.raises(UserInputError, match="pos_embed of shape"):
         INIT.apply(longer, init)
+
+
+def test_layerwise_decay_and_frozen_encoder() -> None:
+    model = FEMBAClassifier(FEMBAConfig(**{**SMALL, "n_blocks": 3}), SHORT)
+    model.start_stage(Stage("main"), None, False)
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = model.optimizer_groups(params)
+    scales = {g["lr_scale"]: len(g["params"]) for g in groups}
+    per_block = len(list(model.encoder.mamba_blocks[0].parameters())) + 2  # + its LayerNorm
+    assert scales == {
+        0.75**3: per_block,  # block 0
+        0.75**2: per_block,
+        0.75: per_block,
+        1.0: 2 + 1 + len(list(model.classifier.parameters())),  # patch conv, positions, head
+    }
+    assert sum(scales.values()) == len(params)
+    frozen = FEMBAClassifier(FEMBAConfig(**SMALL, freeze_encoder=True), SHORT)
+    frozen.start_stage(Stage("main"), None, False)
+    trainable = {n for n, p in frozen.named_parameters() if p.requires_grad}
+    assert trainable and all(n.startswith("classifier.") for n in trainable)
 
 
 def test_official_keys_map_onto_ours() -> None:
