@@ -46,6 +46,7 @@ import torch.nn.functional as F
 from torch import nn
 
 try:  # mamba-ssm's fused CUDA selective scan, where it is installed (CUDA machines only)
+    import selective_scan_cuda  # noqa: F401 - the compiled kernel; recent mamba_ssm imports without it
     from mamba_ssm.ops.selective_scan_interface import selective_scan_fn as _kernel_scan
 except Exception:  # noqa: BLE001 - ImportError, or a broken CUDA extension: fall back to torch
     _kernel_scan = None
