@@ -112,6 +112,35 @@ def disk_error_line(exc: BaseException) -> str | None:
     return f"{os.strerror(code).lower()}{where}; {advice}"
 
 
+def out_error_line(exc: BaseException) -> str | None:
+    """An OS error (permission, missing or not-a-directory parent) while creating ``--out``, a
+    folder above it, a temporary beside them or a file inside it, as one line naming ``--out``;
+    None for any other error (those are bugs and keep their traceback)."""
+    import os
+
+    out = _option_value("--out")
+    if out is None or "://" in out:
+        return None
+    target = os.path.abspath(out)
+    cause: BaseException | None = exc
+    while cause is not None:
+        named = getattr(cause, "filename", None) if isinstance(cause, OSError) else None
+        if named is not None:
+            path = os.path.abspath(str(named))
+            parent = os.path.dirname(path)
+            hidden = os.path.basename(path).startswith(".")
+            if (
+                path == target
+                or target.startswith(path + os.sep)
+                or path.startswith(target + os.sep)
+                or (hidden and (parent == target or target.startswith(parent + os.sep)))
+            ):
+                reason = cause.strerror or type(cause).__name__  # type: ignore[union-attr]
+                return f"--out {out} cannot be written: {reason} ({named}); choose a writable --out"
+        cause = cause.__cause__ or cause.__context__
+    return None
+
+
 def main() -> None:
     """Console entry point: user errors, usage errors and a full or read-only disk become one
     line on stderr and exit status 2."""
@@ -145,7 +174,7 @@ def main() -> None:
                     f"[bold red]error:[/] {usage_line(exc)}", highlight=False, soft_wrap=True
                 )
             sys.exit(2)
-        disk = disk_error_line(exc)
+        disk = disk_error_line(exc) or out_error_line(exc)
         if disk is not None:
             from rich.markup import escape
 

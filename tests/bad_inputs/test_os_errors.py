@@ -105,3 +105,28 @@ def test_cuda_without_a_gpu_is_refused(
     args = [*_commands(shared_tiny_store, ridge_run, out)["reconstruct"], "--device", "cuda"]
     line = assert_refused(capsys, args, "--device cuda", (tmp_path, ridge_run.parent))
     assert "no CUDA GPU" in line
+
+
+@pytest.mark.parametrize(
+    ("command", "place"),
+    [
+        ("prepare", "/proc/mindzoo-x/out"),  # /proc refuses new directories
+        ("train", "/proc/mindzoo-x/out"),
+        ("evaluate", "/proc/mindzoo-x/out"),
+        ("train", "/sys/mindzoo-out"),  # /sys: operation not permitted, even for root
+        ("evaluate", "/sys/mindzoo-out"),
+    ],
+)
+def test_an_out_the_kernel_will_not_create_is_one_line(
+    command: str,
+    place: str,
+    shared_tiny_store: Path,
+    ridge_run: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    root = Path("/", Path(place).parts[1])
+    if not root.is_dir():
+        pytest.skip(f"no {root} on this machine")
+    args = _commands(shared_tiny_store, ridge_run, Path(place))[command]
+    line = assert_refused(capsys, args, place, (ridge_run.parent,))
+    assert "cannot be written" in line and "writable --out" in line
