@@ -13,6 +13,7 @@ fingerprint, a DataLad commit), so a cache hit needs no download and no pipeline
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 import sys
@@ -23,7 +24,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from filelock import FileLock, Timeout
 from pydantic import BaseModel, ConfigDict, field_validator
 
 from mindzoo import __version__
@@ -206,33 +206,49 @@ def prepare_dataset(
 
 
 @contextmanager
-def store_lock(out: Path) -> Iterator[FileLock]:
-    """Hold the lock that serialises writers of the store ``out`` (a hidden file beside it, so
-    that it outlives the removal of a store a failed prepare created). A second ``prepare`` of
-    the same store waits for the first, saying so in one line, then finds its version or builds
-    the next one."""
+def store_lock(out: Path) -> Iterator[int]:
+    """Hold the lock that serialises writers of the store ``out``: ``flock`` on a hidden file
+    beside it (so it outlives the removal of a store a failed prepare created). A second
+    ``prepare`` of the same store waits for the first, saying so in one line, then finds its
+    version or builds the next one. A prepare that leaves no store behind (it was refused or
+    failed before publishing anything) removes the lock file again, and the folder above ``out``
+    if it made it: a refused command writes nothing. Removing is safe for waiters: whoever gets
+    the lock checks that its file is still the one at the path, and retries otherwise."""
     path = out.parent / f".{out.name}.lock"
-    try:  # filelock retries forever on a lock file it cannot create (e.g. under /proc)
+    made = [p for p in [out.parent, *out.parent.parents] if not p.exists()]
+    try:  # one line for a place that cannot hold the lock file (e.g. under /proc)
         out.parent.mkdir(parents=True, exist_ok=True)
-        os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o644))
+        while True:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                print(
+                    f"waiting for another prepare of {out} to finish (lock {path})", file=sys.stderr
+                )
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            try:
+                if os.fstat(fd).st_ino == os.stat(path).st_ino:
+                    break  # still the lock file at the path (its last holder did not remove it)
+            except FileNotFoundError:
+                pass
+            os.close(fd)
     except OSError as exc:
         raise UserInputError(
             f"--out {out} cannot be written: {exc.strerror} ({exc.filename}); "
             "choose a writable --out"
         ) from None
-    lock = FileLock(str(path))
     try:
-        lock.acquire(timeout=0)
-    except Timeout:
-        print(
-            f"waiting for another prepare of {out} to finish (lock {lock.lock_file})",
-            file=sys.stderr,
-        )
-        lock.acquire()
-    try:
-        yield lock
+        yield fd
     finally:
-        lock.release()
+        if not out.exists():
+            path.unlink(missing_ok=True)  # under the lock: waiters see a removed file, retry
+            for folder in made:  # innermost first; only empty folders this call made
+                try:
+                    folder.rmdir()
+                except OSError:
+                    break
+        os.close(fd)
 
 
 def _prepare_locked(
