@@ -215,10 +215,12 @@ def store_lock(out: Path) -> Iterator[int]:
     if it made it: a refused command writes nothing. Removing is safe for waiters: whoever gets
     the lock checks that its file is still the one at the path, and retries otherwise."""
     path = out.parent / f".{out.name}.lock"
-    made = [p for p in [out.parent, *out.parent.parents] if not p.exists()]
+    made: list[Path] = []  # folders this call created, innermost first
     try:  # one line for a place that cannot hold the lock file (e.g. under /proc)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        while True:
+        while True:  # (again after a retry: the last holder may have removed them)
+            missing = [p for p in [out.parent, *out.parent.parents] if not p.exists()]
+            made = sorted(set(made) | set(missing), key=lambda p: -len(p.parts))
+            out.parent.mkdir(parents=True, exist_ok=True)
             fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

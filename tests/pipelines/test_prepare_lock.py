@@ -78,3 +78,41 @@ def test_a_failed_prepare_removes_the_store_it_created(
     with pytest.raises(RuntimeError):
         _prepare(source, out)
     assert not out.exists()
+
+
+def test_a_lock_file_removed_by_its_last_holder_is_not_trusted(tmp_path: Path) -> None:
+    """The first holder leaves no store, so it removes the lock file while a second waits on
+    it: the second must notice its file is gone and lock the one at the path instead."""
+    import fcntl
+    import os
+
+    out = tmp_path / "deeper" / "store"
+    lock_path = out.parent / ".store.lock"
+    held: list[int] = []
+    release = threading.Event()
+
+    def second() -> None:
+        with store_lock(out) as fd:
+            held.append(os.fstat(fd).st_ino)
+            release.wait(30)
+
+    with store_lock(out):
+        first_inode = lock_path.stat().st_ino
+        worker = threading.Thread(target=second)
+        worker.start()
+        time.sleep(0.5)
+        assert worker.is_alive() and not held  # waiting
+    deadline = time.time() + 10
+    while not held and time.time() < deadline:
+        time.sleep(0.05)
+    assert held and lock_path.is_file() and lock_path.stat().st_ino == held[0]
+    probe = os.open(lock_path, os.O_RDWR)
+    try:  # the file at the path is really locked by the second holder
+        with pytest.raises(BlockingIOError):
+            fcntl.flock(probe, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    finally:
+        os.close(probe)
+    release.set()
+    worker.join(10)
+    assert first_inode is not None
+    assert not lock_path.exists() and not out.parent.exists()  # nothing left behind
