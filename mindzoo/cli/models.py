@@ -23,8 +23,8 @@ def register(app: typer.Typer) -> None:
             title="mindzoo models",
             caption=(
                 f"fMRI decoders counted for one subject of {voxels:,} voxels -> {targets}; "
-                "ephys models for one subject of 10 channels, 3 s at 1000 Hz, 61 classes; diffusion "
-                "for a 1280-d condition"
+                "ephys models for one subject of 10 channels, 3 s at 1000 Hz, 61 classes (FEMBA: "
+                "22 channels, 5 s at 256 Hz, 2 classes); diffusion for a 1280-d condition"
             ),
         )
         for column in ("name", "parameters", "description"):

@@ -368,8 +368,9 @@ class FEMBAClassifier(EphysModel):
             groups.setdefault(scale, []).append(param)
         return [{"params": ps, "lr_scale": scale} for scale, ps in sorted(groups.items())]
 
-    def logits(self, x: torch.Tensor) -> torch.Tensor:
-        """Class scores [batch, n_classes] of windows ``x`` [batch, channel, time]."""
+    def logits(self, x: torch.Tensor, subject: str | None = None) -> torch.Tensor:
+        """Class scores [batch, n_classes] of windows ``x`` [batch, channel, time] (one model
+        for every subject: ``subject`` is accepted as the ephys runner passes it, and unused)."""
         return self.classifier(self.encoder(x))
 
     def forward(

@@ -82,6 +82,13 @@ def _duin(name: str, stage: str, description: str, init: str | None = None) -> M
     )  # fmt: skip
 
 
+def _femba(name: str, stage: str, description: str, init: str | None = None) -> ModelInfo:
+    return ModelInfo(
+        name, description, "ephys", "mindzoo.models.femba", "FEMBAConfig", "build_femba",
+        {"stage": stage}, "REFERENCE_SHAPES", init,
+    )  # fmt: skip
+
+
 def _baseline(name: str, description: str) -> ModelInfo:
     return ModelInfo(
         name, f"{description}; ephys classification", "ephys", "mindzoo.models.eeg_baselines",
@@ -142,6 +149,19 @@ MODELS: dict[str, ModelInfo] = {
             "cls",
             "Du-IN stage 3: word classification (optional init=MAE run)",
             "CLS_INIT",
+        ),
+        _femba(
+            "femba-pretrain",
+            "pretrain",
+            "FEMBA: bidirectional-Mamba EEG encoder, masked reconstruction pre-training (60% of "
+            "2x16 patches, Smooth-L1 on the masked samples)",
+        ),
+        _femba(
+            "femba",
+            "cls",
+            "FEMBA classifier: encoder (optional init=femba-pretrain run) + Linear-GELU-Mamba-"
+            "mean-Linear head",
+            "INIT",
         ),
         _baseline("eegnet", "EEGNetv4 (braindecode), one network per subject"),
         _baseline("shallow-fbcsp", "ShallowFBCSPNet (braindecode), one network per subject"),

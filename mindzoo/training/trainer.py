@@ -316,6 +316,8 @@ class Trainer:
             betas=model.adam_betas,
             weight_decay=cfg.weight_decay,
         )
+        for group in optimizer.param_groups:  # a family's per-group scale (FEMBA's layer decay)
+            group["lr"] = cfg.lr * group.get("lr_scale", 1.0)
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda step: lr_multiplier(cfg.schedule, step, total, warmup)
         )
