@@ -72,6 +72,8 @@ def paused(*args, **kwargs):
                 time.sleep(0.05)
     return result
 setattr(owner, function, paused)
+import torch
+torch.set_num_threads(int(os.environ["MINDZOO_TEST_THREADS"]))
 from mindzoo.cli.app import main
 sys.argv = ["braindecode-cli", *sys.argv[6:]]
 main()
@@ -79,7 +81,16 @@ main()
 
 
 def _env() -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": str(Path(mindzoo.__file__).parents[1])}
+    """The child's environment: this checkout first, and this process's torch thread count
+    (other test modules set it to 1; a different count changes float sums, so a resume in this
+    process would not be bit-exact with the steps the child took)."""
+    import torch
+
+    return {
+        **os.environ,
+        "PYTHONPATH": str(Path(mindzoo.__file__).parents[1]),
+        "MINDZOO_TEST_THREADS": str(torch.get_num_threads()),
+    }
 
 
 def kill_when_paused(
