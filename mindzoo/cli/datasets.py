@@ -59,14 +59,21 @@ def register(app: typer.Typer) -> None:
         """List the datasets `prepare` knows, or describe one with --info NAME."""
         if info is not None:
             # one unwrapped line per field: the terminal wraps it, grep and copy-paste see it whole
+            from rich.markup import escape  # "regions=[vSMC,STG]" is text, not markup
+
             for field, text in describe(get_dataset(info)):
                 console.print(
-                    f"[bold]{field}:[/] {' '.join(text.split())}", soft_wrap=True, highlight=False
+                    f"[bold]{field}:[/] {escape(' '.join(text.split()))}",
+                    soft_wrap=True,
+                    highlight=False,
                 )
             return
+        from rich.markup import escape
+
         table = Table(title="mindzoo datasets (details: datasets --info NAME)")
         for column in ("name", "modality", "source", "licence", "description"):
             table.add_column(column)
         for spec in list_datasets().values():
-            table.add_row(spec.name, spec.modality, spec.source, spec.licence, spec.description)
+            cells = (spec.name, spec.modality, spec.source, spec.licence, spec.description)
+            table.add_row(*(escape(cell) for cell in cells))
         console.print(table)

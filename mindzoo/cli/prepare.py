@@ -17,7 +17,14 @@ from mindzoo.executors import ExecutorSettings
 console = make_console()
 
 
-_NOT_AXIS = ("n_trials", "n_test_trials", "n_times", "n_spikes", "runs_without_trials")
+_NOT_AXIS = (
+    "n_trials",
+    "n_test_trials",
+    "n_times",
+    "n_spikes",
+    "runs_without_trials",
+    "line_noise",
+)
 
 
 def summarise_store(store: TensorStore) -> dict:
@@ -43,6 +50,9 @@ def summarise_store(store: TensorStore) -> dict:
         }
         if len(shape) == 3:
             sizes[subject]["n_times"] = int(shape[2])
+        line_noise = store.axis(subject)[1].get("line_noise")
+        if line_noise:
+            sizes[subject]["line_noise"] = line_noise
         dropped = store.axis(subject)[1].get("runs_without_trials")
         if dropped:
             sizes[subject]["runs_without_trials"] = list(dropped)
@@ -100,6 +110,8 @@ def run_prepare(
         if "n_spikes" in size:
             times = f", {size['n_spikes']} spikes"
         console.print(f"  {subject}: {size['n_trials']} trials x {count} {axis}{times}")
+        if size.get("line_noise"):
+            console.print(f"  {subject}: line noise: {size['line_noise']}", highlight=False)
         if size.get("runs_without_trials"):
             dropped = size["runs_without_trials"]
             console.print(

@@ -211,3 +211,10 @@ def test_failed_prepare_keeps_the_existing_store(tmp_path: Path) -> None:
     assert cli(*prepare, "--set", "features=[]") == 2
     assert sorted(str(p.relative_to(out)) for p in out.rglob("*")) == before
     assert cli("verify", str(out)) == 0
+
+
+def test_dataset_info_keeps_brackets(capsys: pytest.CaptureFixture[str]) -> None:
+    """``[vSMC,STG]`` in a description is text: rich must not read it as markup and drop it."""
+    assert cli("datasets", "--info", "bids-ieeg") == 0
+    out = capsys.readouterr().out
+    assert "pipeline.channels.regions=[vSMC,STG]" in out and "PowerLineFrequency" in out

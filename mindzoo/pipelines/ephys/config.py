@@ -5,11 +5,12 @@
 :class:`EEGPipelineConfig` set a modality's recording datatype, channel types and defaults.
 
 iEEG (sEEG/ECoG): Du-IN's published defaults. Du-IN (Zheng et al., NeurIPS 2024, section 4.2):
-band-pass 0.5-200 Hz, 50 Hz notch, resampled to 1000 Hz, bipolar re-reference along each shaft,
+band-pass 0.5-200 Hz, 50 Hz notch (ours: the recording's PowerLineFrequency, 50 Hz where the
+sidecar has none), resampled to 1000 Hz, bipolar re-reference along each shaft,
 per-channel z-score, 3 s windows after the cue, a label-stratified 80/10/10 split per subject.
 Those are the shared defaults, so the iEEG preset only names its datatype.
 
-Scalp EEG: 0.1-40 Hz band, 50 Hz notch (harmonics above the band are not notched), common
+Scalp EEG: 0.1-40 Hz band, notch at the recording's PowerLineFrequency (harmonics above the band are not notched), common
 average reference, 250 Hz, epochs -0.2 to 0.8 s around each event (an ERP window, as in
 THINGS-EEG work), per-channel z-score with training statistics; electrodes.tsv positions (e.g. a
 CapTrak or standard 10-20 montage written by mne-bids) are stored as given.
@@ -48,8 +49,11 @@ class EphysPipelineConfig(BaseModel):
     sessions: list[str] | None = None
     task: str | None = None
     acquisition: str | None = None
-    line_freq: float | None = Field(default=50.0, gt=0)
-    """Line-noise fundamental in Hz, notched with its harmonics inside the band; None: no notch."""
+    line_freq: float | Literal["auto"] | None = "auto"
+    """Line-noise fundamental in Hz, notched with its harmonics inside the band. ``auto``: the
+    recording's BIDS ``PowerLineFrequency`` (50 Hz in Europe and Asia, 60 Hz in the Americas),
+    and 50 Hz, said in the summary, where the sidecar has none; a number overrides the sidecar;
+    None: no notch."""
     l_freq: float | None = Field(default=0.5, gt=0)
     h_freq: float | None = Field(default=200.0, gt=0)
     reference: Literal["bipolar", "average", "none"] = "bipolar"
@@ -82,6 +86,8 @@ class EphysPipelineConfig(BaseModel):
     def _consistent(self) -> EphysPipelineConfig:
         if self.tmax <= self.tmin:
             raise ValueError(f"tmax ({self.tmax}) must be after tmin ({self.tmin})")
+        if isinstance(self.line_freq, float) and self.line_freq <= 0:
+            raise ValueError(f"line_freq ({self.line_freq}) must be > 0, auto or null")
         if self.l_freq and self.h_freq and self.l_freq >= self.h_freq:
             raise ValueError(f"l_freq ({self.l_freq}) must be below h_freq ({self.h_freq})")
         low, high = self.high_gamma_band

@@ -69,6 +69,7 @@ from mindzoo.pipelines.ephys.signal import (
     epoch,
     filter_raw,
     fixed_windows,
+    line_frequency,
     resample,
     zscore_with_train,
 )
@@ -82,6 +83,7 @@ class _Run:
     events: pd.DataFrame
     bads: list[str]
     coord_frame: str
+    line_noise: str  # the notch used and where it came from (line_frequency)
 
 
 def process_recording(recording: Path, config: EphysPipelineConfig) -> _Run | None:
@@ -93,6 +95,7 @@ def process_recording(recording: Path, config: EphysPipelineConfig) -> _Run | No
         return None  # none of the chosen events in this run: nothing to read
     raw, channels, bads = read_recording(recording, config)
     check_rates(raw.info["sfreq"], config, where)
+    line_freq, line_noise = line_frequency(raw.info.get("line_freq"), config)
     if events is None:
         events = fixed_windows(recording, config, raw.n_times / raw.info["sfreq"])
     shafts = contact_shafts(recording, channels.names)
@@ -102,10 +105,10 @@ def process_recording(recording: Path, config: EphysPipelineConfig) -> _Run | No
     info = mne.create_info(channels.names, raw.info["sfreq"], channels.types)
     referenced = mne.io.RawArray(data, info, verbose="error")
     del raw, data
-    filter_raw(referenced, config)
+    filter_raw(referenced, config, line_freq)
     data = resample(referenced.get_data(), referenced.info["sfreq"], config.sfreq)
     epochs = epoch(data, config.sfreq, events["onset"].to_numpy(), config, where)
-    return _Run(epochs, channels, events, bads, coord_frame(recording))
+    return _Run(epochs, channels, events, bads, coord_frame(recording), line_noise)
 
 
 def _entity(path: Path, key: str) -> str:
@@ -146,6 +149,7 @@ def prepare_bids_ephys(
     recordings = find_recordings(root, config)
     total = sum(len(paths) for paths in recordings.values())
     per_subject: dict[str, tuple[np.ndarray, Channels, pd.DataFrame, list[str], str]] = {}
+    line_noise: dict[str, str] = {}
     with tqdm(
         total=total, desc=f"{config.datatype} pipeline", unit="run", disable=not progress
     ) as bar:
@@ -165,6 +169,7 @@ def prepare_bids_ephys(
                 )
             signals, channels, events, dropped = _combine_runs(subject, runs, used)
             per_subject[subject] = (signals, channels, events, dropped, runs[0].coord_frame)
+            line_noise[subject] = "; ".join(dict.fromkeys(r.line_noise for r in runs))
     labels = sorted(
         {label for _, _, events, _, _ in per_subject.values() for label in events["label"]}
     )
@@ -172,6 +177,8 @@ def prepare_bids_ephys(
         subject: _finish_subject(subject, *parts, labels, config)
         for subject, parts in per_subject.items()
     }
+    for subject, data in subjects.items():
+        data.line_noise = line_noise[subject]
     return PreparedEphys(
         subjects=subjects,
         stimulus_ids=[f"class-{label}" for label in labels],

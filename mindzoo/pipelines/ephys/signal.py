@@ -44,14 +44,33 @@ def check_rates(raw_sfreq: float, config: EphysPipelineConfig, where: str) -> No
         )
 
 
-def filter_raw(raw: Any, config: EphysPipelineConfig) -> None:
-    """Notch, band-pass and (with high_gamma) Hilbert envelope of a loaded Raw, in place."""
+DEFAULT_LINE_FREQ = 50.0  # Hz, where pipeline.line_freq is auto and the sidecar says nothing
+
+
+def line_frequency(recorded: float | None, config: EphysPipelineConfig) -> tuple[float | None, str]:
+    """The line-noise fundamental to notch (Hz, or None) and where it came from: the setting,
+    the recording's ``PowerLineFrequency`` (``recorded``, as mne-bids reads it into
+    ``info["line_freq"]``), or the 50 Hz default when neither says."""
+    if config.line_freq is None:
+        return None, "no notch (pipeline.line_freq null)"
+    if config.line_freq != "auto":
+        return float(config.line_freq), f"{config.line_freq:g} Hz (pipeline.line_freq)"
+    if recorded:
+        return float(recorded), f"{recorded:g} Hz (PowerLineFrequency)"
+    return DEFAULT_LINE_FREQ, (
+        f"{DEFAULT_LINE_FREQ:g} Hz (no PowerLineFrequency in the sidecar; set pipeline.line_freq)"
+    )
+
+
+def filter_raw(raw: Any, config: EphysPipelineConfig, line_freq: float | None = None) -> None:
+    """Notch at ``line_freq`` Hz and its harmonics (None: no notch), band-pass and (with
+    high_gamma) Hilbert envelope of a loaded Raw, in place."""
     low, high = config.band
     nyquist = raw.info["sfreq"] / 2
     iir = {"order": 4, "ftype": "butter", "output": "sos"}
-    if config.line_freq is not None:
+    if line_freq is not None:
         # only harmonics inside the pass band: the band-pass removes the others
-        freqs = np.arange(config.line_freq, nyquist - 1, config.line_freq)
+        freqs = np.arange(line_freq, nyquist - 1, line_freq)
         freqs = freqs[(freqs > (low or 0.0)) & (freqs < (high or nyquist))]
         for freq in freqs:  # mne's IIR notch takes one stop band at a time
             raw.notch_filter(freq, method="iir", picks="all", verbose="error")

@@ -29,6 +29,7 @@ class EphysSubject:
     tmin: float
     coord_frame: str
     bads_dropped: list[str]
+    line_noise: str = ""  # the notch applied and where its frequency came from
 
 
 @dataclass
@@ -66,5 +67,6 @@ def write_ephys_store(writer: Any, prepared: PreparedEphys) -> None:
                 "tmin": data.tmin,
                 "coord_frame": data.coord_frame,
                 "bads_dropped": data.bads_dropped,
+                **({"line_noise": data.line_noise} if data.line_noise else {}),
             },
         )
