@@ -24,6 +24,7 @@ _NOT_AXIS = (
     "n_spikes",
     "runs_without_trials",
     "line_noise",
+    "events_without_value",
 )
 
 
@@ -50,9 +51,10 @@ def summarise_store(store: TensorStore) -> dict:
         }
         if len(shape) == 3:
             sizes[subject]["n_times"] = int(shape[2])
-        line_noise = store.axis(subject)[1].get("line_noise")
-        if line_noise:
-            sizes[subject]["line_noise"] = line_noise
+        attrs = store.axis(subject)[1]
+        for key in ("line_noise", "events_without_value"):
+            if attrs.get(key):
+                sizes[subject][key] = attrs[key]
         dropped = store.axis(subject)[1].get("runs_without_trials")
         if dropped:
             sizes[subject]["runs_without_trials"] = list(dropped)
@@ -112,6 +114,12 @@ def run_prepare(
         console.print(f"  {subject}: {size['n_trials']} trials x {count} {axis}{times}")
         if size.get("line_noise"):
             console.print(f"  {subject}: line noise: {size['line_noise']}", highlight=False)
+        if size.get("events_without_value"):
+            console.print(
+                f"  warning: {subject}: {size['events_without_value']} events.tsv row(s) with "
+                "n/a as their event value or label were not epoched",
+                highlight=False,
+            )
         if size.get("runs_without_trials"):
             dropped = size["runs_without_trials"]
             console.print(

@@ -157,7 +157,8 @@ def coord_frame(recording: Path) -> str:
 
 def read_events(recording: Path, config: EphysPipelineConfig) -> pd.DataFrame:
     """Events of ``recording`` to epoch on: columns onset (s), label, split (None without
-    ``split_column``). Empty when none of ``event_values`` occurs in it."""
+    ``split_column``). Empty when none of ``event_values`` occurs in it. Rows whose event value
+    (or label) is BIDS ``n/a`` are no events; their count is ``result.attrs["n_without_value"]``."""
     path = sidecar(recording, "events.tsv")
     if path is None:
         raise UserInputError(
@@ -171,6 +172,11 @@ def read_events(recording: Path, config: EphysPipelineConfig) -> pd.DataFrame:
                 f"{path}: no column {column!r} (columns: {', '.join(events.columns)}); "
                 "set pipeline.event_column/label_column/split_column"
             )
+    missing = events[config.event_column].isna()
+    if config.label_column is not None:
+        missing |= events[config.label_column].isna()
+    n_without_value = int(missing.sum())
+    events = events[~missing]
     values = events[config.event_column].astype(str)
     if config.event_values is not None:
         events = events[values.isin(config.event_values)]
@@ -179,13 +185,15 @@ def read_events(recording: Path, config: EphysPipelineConfig) -> pd.DataFrame:
     onsets = pd.to_numeric(events["onset"], errors="coerce").to_numpy(float)
     if np.isnan(onsets).any():
         raise UserInputError(f"{path}: onset column has non-numeric values; fix the events file")
-    return pd.DataFrame(
+    table = pd.DataFrame(
         {
             "onset": onsets,
             "label": [config.labels.get(v, v) for v in raw_labels],
             "split": events[config.split_column].to_numpy() if config.split_column else None,
         }
     )
+    table.attrs["n_without_value"] = n_without_value
+    return table
 
 
 def event_values_seen(recordings: list[Path], config: EphysPipelineConfig) -> list[str]:

@@ -84,6 +84,7 @@ class _Run:
     bads: list[str]
     coord_frame: str
     line_noise: str  # the notch used and where it came from (line_frequency)
+    n_without_value: int = 0  # events rows with n/a as their value or label: not epoched
 
 
 def process_recording(recording: Path, config: EphysPipelineConfig) -> _Run | None:
@@ -108,7 +109,8 @@ def process_recording(recording: Path, config: EphysPipelineConfig) -> _Run | No
     filter_raw(referenced, config, line_freq)
     data = resample(referenced.get_data(), referenced.info["sfreq"], config.sfreq)
     epochs = epoch(data, config.sfreq, events["onset"].to_numpy(), config, where)
-    return _Run(epochs, channels, events, bads, coord_frame(recording), line_noise)
+    skipped = int(events.attrs.get("n_without_value", 0))
+    return _Run(epochs, channels, events, bads, coord_frame(recording), line_noise, skipped)
 
 
 def _entity(path: Path, key: str) -> str:
@@ -150,6 +152,7 @@ def prepare_bids_ephys(
     total = sum(len(paths) for paths in recordings.values())
     per_subject: dict[str, tuple[np.ndarray, Channels, pd.DataFrame, list[str], str]] = {}
     line_noise: dict[str, str] = {}
+    without_value: dict[str, int] = {}
     with tqdm(
         total=total, desc=f"{config.datatype} pipeline", unit="run", disable=not progress
     ) as bar:
@@ -170,6 +173,7 @@ def prepare_bids_ephys(
             signals, channels, events, dropped = _combine_runs(subject, runs, used)
             per_subject[subject] = (signals, channels, events, dropped, runs[0].coord_frame)
             line_noise[subject] = "; ".join(dict.fromkeys(r.line_noise for r in runs))
+            without_value[subject] = sum(r.n_without_value for r in runs)
     labels = sorted(
         {label for _, _, events, _, _ in per_subject.values() for label in events["label"]}
     )
@@ -179,6 +183,7 @@ def prepare_bids_ephys(
     }
     for subject, data in subjects.items():
         data.line_noise = line_noise[subject]
+        data.events_without_value = without_value[subject]
     return PreparedEphys(
         subjects=subjects,
         stimulus_ids=[f"class-{label}" for label in labels],

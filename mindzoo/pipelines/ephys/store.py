@@ -30,6 +30,7 @@ class EphysSubject:
     coord_frame: str
     bads_dropped: list[str]
     line_noise: str = ""  # the notch applied and where its frequency came from
+    events_without_value: int = 0  # events rows with n/a as value or label, not epoched
 
 
 @dataclass
@@ -68,5 +69,10 @@ def write_ephys_store(writer: Any, prepared: PreparedEphys) -> None:
                 "coord_frame": data.coord_frame,
                 "bads_dropped": data.bads_dropped,
                 **({"line_noise": data.line_noise} if data.line_noise else {}),
+                **(
+                    {"events_without_value": data.events_without_value}
+                    if data.events_without_value
+                    else {}
+                ),
             },
         )
