@@ -114,6 +114,12 @@ def run_prepare(
         console.print(f"  {subject}: {size['n_trials']} trials x {count} {axis}{times}")
         if size.get("line_noise"):
             console.print(f"  {subject}: line noise: {size['line_noise']}", highlight=False)
+        if size.get("n_test_trials") == 0:
+            console.print(
+                f"  warning: {subject}: no test trials, so `evaluate` will have nothing to score; "
+                "prepare more trials or set the split (pipeline.split_* / the dataset's split)",
+                highlight=False,
+            )
         if size.get("events_without_value"):
             console.print(
                 f"  warning: {subject}: {size['events_without_value']} events.tsv row(s) with "

@@ -42,3 +42,20 @@ def test_na_trial_types_are_skipped_and_counted(
     after = json.loads((out / "metrics.json").read_text())["subjects"]["sub-01"]
     assert after["n_trials"] == before["n_trials"] - 2
     assert after["events_without_value"] == 2 and "events_without_value" not in before
+    if after["n_test_trials"] == 0:  # 10 trials of 2 classes leave none for testing: said
+        assert "warning: sub-01: no test trials" in said
+    else:
+        assert "no test trials" not in said
+
+
+def test_a_store_without_test_trials_says_so(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "store"
+    few = ["simulator.n_subjects=1", "simulator.n_categories=2", "simulator.repetitions=2"]
+    capsys.readouterr()
+    assert cli("prepare", "synthetic-eeg", "--out", str(out), *sets(few)) == 0
+    said = capsys.readouterr().out
+    sizes = json.loads((out / "metrics.json").read_text())["subjects"]["sub-01"]
+    assert sizes["n_test_trials"] == 0
+    assert "warning: sub-01: no test trials" in said
