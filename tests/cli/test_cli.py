@@ -168,7 +168,7 @@ def test_datasets_and_models_list(capsys: pytest.CaptureFixture[str]) -> None:
 @pytest.mark.parametrize("case", ["3d-bold", "events-missing", "no-onset", "tr-mismatch", "nan"])
 def test_prepare_bids_bad_input_exit_2_and_no_store(case: str, tmp_path: Path) -> None:
     from factories.bids import write_bids_fmri
-    from test_pipeline_fmri import BAD_INPUTS
+    from pipelines.test_pipeline_fmri import BAD_INPUTS  # tests/ is on the path
 
     source = tmp_path / "bids"
     write_bids_fmri(source, n_subjects=1, n_sessions=1, n_runs=2, n_train_per_run=3, seed=1)
