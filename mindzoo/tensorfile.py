@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -48,39 +49,33 @@ def content_hash(tensors: dict[str, Any]) -> str:
     return digest.hexdigest()
 
 
-def _publish(tmp: Path, path: Path) -> None:
-    honour_umask(tmp)
-    os.replace(tmp, path)
+def _save(save_file: Callable[..., None], tensors: dict[str, Any], path: Path) -> None:
+    """``save_file`` (safetensors' numpy or torch writer) of ``tensors`` with their checksum to a
+    temporary beside ``path``, given the umask's mode, then renamed into place."""
+    path = Path(path)
+    reclaim_stale(path.parent)
+    tmp = temp_sibling(path)
+    try:
+        save_file(tensors, str(tmp), metadata={CHECKSUM_KEY: content_hash(tensors)})
+        honour_umask(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def save_arrays(arrays: dict[str, np.ndarray], path: Path) -> None:
     """Write numpy ``arrays`` to ``path`` atomically, with their checksum, honouring the umask."""
     from safetensors.numpy import save_file
 
-    path = Path(path)
-    arrays = {k: np.ascontiguousarray(v) for k, v in arrays.items()}  # (a 0-d array becomes 1-d)
-    reclaim_stale(path.parent)
-    tmp = temp_sibling(path)
-    try:
-        save_file(arrays, str(tmp), metadata={CHECKSUM_KEY: content_hash(arrays)})
-        _publish(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    # (np.ascontiguousarray makes a 0-d array 1-d, as the files always held them)
+    _save(save_file, {k: np.ascontiguousarray(v) for k, v in arrays.items()}, path)
 
 
 def save_state(state: dict[str, Any], path: Path) -> None:
     """Write a torch state dict to ``path`` atomically, with its checksum, honouring the umask."""
     from safetensors.torch import save_file
 
-    path = Path(path)
-    state = {k: v.detach().contiguous() for k, v in state.items()}
-    reclaim_stale(path.parent)
-    tmp = temp_sibling(path)
-    try:
-        save_file(state, str(tmp), metadata={CHECKSUM_KEY: content_hash(state)})
-        _publish(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    _save(save_file, {k: v.detach().contiguous() for k, v in state.items()}, path)
 
 
 def _damaged(path: Path, what: str) -> DamagedFileError:
@@ -106,35 +101,32 @@ def _metadata(path: Path) -> dict[str, str]:
         raise _damaged(path, f"not a plain safetensors tensor file: {kind}; {exc}") from None
 
 
-def _check(path: Path, tensors: dict[str, Any], metadata: dict[str, str]) -> None:
+def _load(load_file: Callable[..., dict[str, Any]], path: Path, **options: Any) -> dict[str, Any]:
+    """``load_file(path)`` (safetensors' numpy or torch reader), checked against the checksum
+    the file carries; anything unreadable is a one-line :class:`DamagedFileError`."""
+    from safetensors import SafetensorError
+
+    path = Path(path)
+    metadata = _metadata(path)
+    try:
+        tensors = load_file(str(path), **options)
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise _damaged(path, str(exc)) from None
     expected = metadata.get(CHECKSUM_KEY)
     if expected is not None and content_hash(tensors) != expected:
         raise _damaged(path, "its tensors do not match the checksum written with them")
+    return tensors
 
 
 def load_arrays(path: Path) -> dict[str, np.ndarray]:
     """Numpy arrays of a safetensors file, checked against the checksum it carries."""
-    from safetensors import SafetensorError
     from safetensors.numpy import load_file
 
-    metadata = _metadata(path)
-    try:
-        arrays = load_file(str(path))
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise _damaged(Path(path), str(exc)) from None
-    _check(Path(path), arrays, metadata)
-    return arrays
+    return _load(load_file, path)
 
 
 def load_state(path: Path, device: str = "cpu") -> dict[str, Any]:
     """Torch tensors of a safetensors file (on ``device``), checked against their checksum."""
-    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    metadata = _metadata(path)
-    try:
-        state = load_file(str(path), device=device)
-    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
-        raise _damaged(Path(path), str(exc)) from None
-    _check(Path(path), state, metadata)
-    return state
+    return _load(load_file, path, device=device)
