@@ -71,6 +71,18 @@ def _naming(exc: BaseException, path: Path) -> BaseException:
     return OSError(code, os.strerror(code), str(path))
 
 
+def sha256_file(path: Path, on_block: Callable[[int], object] | None = None) -> str:
+    """sha256 (hex) of the file ``path``, read in 1 MiB blocks; ``on_block(n_bytes)`` after each
+    block (a progress bar's update)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+            if on_block is not None:
+                on_block(len(block))
+    return digest.hexdigest()
+
+
 def host_tag() -> str:
     """Eight hex digits naming this host (a hash of its name) in temporary names."""
     return hashlib.sha1(socket.gethostname().encode()).hexdigest()[:8]

@@ -22,6 +22,7 @@ from zarr.abc.store import ByteRequest, OffsetByteRequest, RangeByteRequest, Suf
 from zarr.core.buffer import Buffer, BufferPrototype, default_buffer_prototype
 from zarr.storage import WrapperStore
 
+from mindzoo.atomic import sha256_file
 from mindzoo.errors import DamagedFileError
 
 
@@ -48,12 +49,7 @@ def sha256_files(root: Path, rels: Iterable[str], desc: str = "hash") -> dict[st
         total=total, desc=desc, unit="B", unit_scale=True, disable=total < PROGRESS_BYTES
     ) as bar:
         for rel in rels:
-            digest = hashlib.sha256()
-            with open(root / rel, "rb") as handle:
-                for block in iter(lambda: handle.read(1 << 20), b""):
-                    digest.update(block)
-                    bar.update(len(block))
-            hashes[rel] = digest.hexdigest()
+            hashes[rel] = sha256_file(root / rel, bar.update)
     return hashes
 
 

@@ -23,7 +23,6 @@ A finished run directory has the same ``model.safetensors`` + ``config.json`` pa
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import pickle
@@ -39,6 +38,7 @@ from torch import nn
 from mindzoo.atomic import (
     TEMP_PREFIX,
     reclaim_stale,
+    sha256_file,
     temp_name,
     write_text,
 )
@@ -98,17 +98,7 @@ def weights(model: nn.Module) -> dict[str, torch.Tensor]:
 def save_weights(path: Path, state: dict[str, torch.Tensor]) -> None:
     """Write a state dict as safetensors with its checksum, atomically, with the mode the umask
     gives (:func:`mindzoo.tensorfile.save_state`)."""
-    path = Path(path)
-    reclaim_stale(path.parent)
-    save_state(state, path)
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    save_state(state, path)  # (it reclaims stale temporaries beside path first)
 
 
 def latest_checkpoint(root: Path) -> Path | None:
@@ -158,7 +148,7 @@ def save_checkpoint(
             {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()},
             tmp / OPTIMIZER_FILE,
         )
-        (tmp / OPTIMIZER_SUM).write_text(_sha256(tmp / OPTIMIZER_FILE) + "\n")
+        (tmp / OPTIMIZER_SUM).write_text(sha256_file(tmp / OPTIMIZER_FILE) + "\n")
         write_json(tmp / "config.json", run_config)
         write_json(
             tmp / "metrics.json",
@@ -221,7 +211,7 @@ def load_optimizer(
     """Restore optimizer and scheduler state (tensors and numbers only, no code is unpickled)."""
     path = checkpoint / OPTIMIZER_FILE
     expected = checkpoint / OPTIMIZER_SUM
-    if expected.is_file() and expected.read_text().strip() != _sha256(path):
+    if expected.is_file() and expected.read_text().strip() != sha256_file(path):
         raise DamagedFileError(
             f"{path} does not match {expected.name} (damaged); resume from an earlier checkpoint "
             "(delete this one) or start afresh"
