@@ -23,6 +23,7 @@ A finished run directory has the same ``model.safetensors`` + ``config.json`` pa
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import pickle
@@ -37,6 +38,7 @@ from torch import nn
 
 from mindzoo.atomic import (
     TEMP_PREFIX,
+    disk_errno,
     reclaim_stale,
     sha256_file,
     temp_name,
@@ -127,7 +129,9 @@ def save_checkpoint(
 
     Every process calls this; ``barrier`` (``accelerator.wait_for_everyone``) orders them:
     rank 0 makes the directory, every rank writes its RNG state, rank 0 writes the rest,
-    renames the directory into place and prunes old checkpoints.
+    renames the directory into place and prunes old checkpoints. When a write fails, rank 0
+    removes the half-written directory, and a full disk is raised as an ``OSError`` naming
+    ``root`` (:func:`_full_disk`).
     """
     barrier = barrier or (lambda: None)
     name = f"{_PREFIX}{state.global_step:08d}"
@@ -136,42 +140,68 @@ def save_checkpoint(
         reclaim_stale(root)  # checkpoints a killed run left half-written
         tmp = root / temp_name(name)
         tmp.mkdir()
-    barrier()
-    if rank != 0:
-        tmp = _checkpoint_temp(root, name)
-    save_weights(tmp / f"rng-rank{rank}.safetensors", _rng_state())
-    if rank == 0:
-        save_weights(tmp / "model.safetensors", weights(model))
-        if best is not None:
-            save_weights(tmp / "best.safetensors", best)
-        torch.save(
-            {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()},
-            tmp / OPTIMIZER_FILE,
-        )
-        (tmp / OPTIMIZER_SUM).write_text(sha256_file(tmp / OPTIMIZER_FILE) + "\n")
-        write_json(tmp / "config.json", run_config)
-        write_json(
-            tmp / "metrics.json",
-            {
-                "global_step": state.global_step,
-                "best_val_loss": state.best_val_loss,
-                "history": state.history,
-            },
-        )
-    barrier()
-    if rank == 0:
-        write_json(tmp / STATE_FILE, asdict(state))
-        final = root / name
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(tmp, final)
-        older = sorted(
-            (p for p in root.iterdir() if p.name.startswith(_PREFIX) and p != final),
-            key=lambda p: int(p.name[len(_PREFIX) :]),
-        )
-        for stale in older[: max(0, len(older) - (keep - 1))]:
-            shutil.rmtree(stale, ignore_errors=True)
-    barrier()
+    try:
+        barrier()
+        if rank != 0:
+            tmp = _checkpoint_temp(root, name)
+        save_weights(tmp / f"rng-rank{rank}.safetensors", _rng_state())
+        if rank == 0:
+            save_weights(tmp / "model.safetensors", weights(model))
+            if best is not None:
+                save_weights(tmp / "best.safetensors", best)
+            torch.save(
+                {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()},
+                tmp / OPTIMIZER_FILE,
+            )
+            (tmp / OPTIMIZER_SUM).write_text(sha256_file(tmp / OPTIMIZER_FILE) + "\n")
+            write_json(tmp / "config.json", run_config)
+            write_json(
+                tmp / "metrics.json",
+                {
+                    "global_step": state.global_step,
+                    "best_val_loss": state.best_val_loss,
+                    "history": state.history,
+                },
+            )
+        barrier()
+        if rank == 0:
+            write_json(tmp / STATE_FILE, asdict(state))
+            final = root / name
+            shutil.rmtree(final, ignore_errors=True)
+            os.replace(tmp, final)
+            older = sorted(
+                (p for p in root.iterdir() if p.name.startswith(_PREFIX) and p != final),
+                key=lambda p: int(p.name[len(_PREFIX) :]),
+            )
+            for stale in older[: max(0, len(older) - (keep - 1))]:
+                shutil.rmtree(stale, ignore_errors=True)
+        barrier()
+    except Exception as exc:  # no half-written checkpoint stays behind
+        full = _full_disk(root, exc)  # (before the removal frees the space it measures)
+        if rank == 0:
+            shutil.rmtree(tmp, ignore_errors=True)
+        if full is not None:
+            raise full from exc
+        raise
     return root / name
+
+
+FULL_DISK_BYTES = 64 * 1024  # less free space than this after a failed write: the disk is full
+
+
+def _full_disk(root: Path, exc: BaseException) -> OSError | None:
+    """``exc`` as an ``OSError`` (ENOSPC) naming ``root`` when it is a full disk that torch did
+    not report as one: ``torch.save`` says only ``RuntimeError`` (``file write failed``,
+    ``unexpected pos``), so such a failure on a file system left with almost no free space
+    counts as one. None otherwise (an ``OSError`` with its errno speaks for itself)."""
+    if disk_errno(exc) is not None or not isinstance(exc, RuntimeError):
+        return None
+    try:
+        if shutil.disk_usage(root).free < FULL_DISK_BYTES:
+            return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(root))
+    except OSError:
+        pass
+    return None
 
 
 def _checkpoint_temp(root: Path, name: str) -> Path:

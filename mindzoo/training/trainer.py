@@ -34,10 +34,7 @@ needs ``mpirun`` for multi-process CPU); GPUs with ``accelerate launch --multi_g
 
 from __future__ import annotations
 
-import errno
 import math
-import os
-import shutil
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -51,7 +48,6 @@ from accelerate.utils import DistributedDataParallelKwargs, set_seed
 from pydantic import BaseModel, ConfigDict, Field
 from tqdm.auto import tqdm
 
-from mindzoo.atomic import TEMP_PREFIX, disk_errno, host_tag
 from mindzoo.datasets.views import SubjectBatchSampler
 from mindzoo.errors import UserInputError
 from mindzoo.models.loading import load_weights
@@ -133,29 +129,6 @@ def make_accelerator(config: TrainerConfig) -> Accelerator:
     except ValueError:  # already initialised in this process with another precision
         AcceleratorState._reset_state()
         return Accelerator(**kwargs)
-
-
-FULL_DISK_BYTES = 64 * 1024  # less free space than this after a failed write: the disk is full
-
-
-def _failed_checkpoint(root: Path, exc: BaseException) -> OSError | None:
-    """After a failed checkpoint write: remove the temporary checkpoint this process was
-    building under ``root``, and return ``exc`` as an ``OSError`` naming ``root`` when the disk
-    is full. ``torch.save`` reports ENOSPC only as a ``RuntimeError`` (``file write failed``,
-    ``unexpected pos``), so a failure on a file system left with almost no free space counts
-    as one too."""
-    full = None
-    if disk_errno(exc) is None and isinstance(exc, RuntimeError):
-        try:
-            if shutil.disk_usage(root).free < FULL_DISK_BYTES:
-                full = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(root))
-        except OSError:
-            pass
-    mine = f"-{os.getpid()}@{host_tag()}-"
-    for path in root.glob(f"{TEMP_PREFIX}*"):
-        if mine in path.name:
-            shutil.rmtree(path, ignore_errors=True)
-    return full
 
 
 def lr_multiplier(schedule: str, step: int, total: int, warmup: int) -> float:
@@ -330,9 +303,7 @@ class Trainer:
         wrapped.train()
 
         def save() -> None:
-            if checkpoint_dir is None:
-                return
-            try:
+            if checkpoint_dir is not None:
                 ckpt.save_checkpoint(
                     checkpoint_dir,
                     state,
@@ -345,11 +316,6 @@ class Trainer:
                     acc.process_index,
                     acc.wait_for_everyone,
                 )
-            except Exception as exc:  # a full disk: no half-written checkpoint stays behind
-                full = _failed_checkpoint(checkpoint_dir, exc)
-                if full is not None:
-                    raise full from exc
-                raise
 
         finished = state.epoch >= epochs
         while not finished:
