@@ -220,6 +220,25 @@ def honour_umask(path: Path) -> None:
     os.chmod(path, 0o666 & ~current_umask())
 
 
+def missing_dirs(path: Path) -> list[Path]:
+    """``path`` and the folders above it that do not exist yet, deepest first (what a
+    ``mkdir(parents=True)`` of ``path`` would make)."""
+    path = Path(path)
+    return [p for p in (path, *path.parents) if not p.exists()]
+
+
+def remove_empty(dirs: list[Path]) -> None:
+    """Remove the folders ``dirs`` (deepest first) that a failed command made, stopping at the
+    first one that is not empty (someone else wrote there meanwhile)."""
+    for folder in sorted(dirs, key=lambda p: -len(p.parts)):
+        try:
+            folder.rmdir()
+        except FileNotFoundError:
+            continue
+        except OSError:
+            break
+
+
 def write_text(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` atomically (a temporary beside it, then a rename)."""
     path = Path(path)
@@ -244,11 +263,13 @@ def atomic_directory(target: Path) -> Iterator[Path]:
     On an exception the sibling is removed and `target` is left as it was, so readers see
     either the old directory or the complete new one, never a half-written one (an old
     `target` is renamed aside before the new one takes its place, then removed). Stale
-    temporaries of interrupted writers beside `target` are reclaimed first. A full or
-    read-only disk (:func:`disk_errno`) is raised as an ``OSError`` naming `target`.
+    temporaries of interrupted writers beside `target` are reclaimed first, and on an exception
+    the folders above `target` this call made are removed again. A full or read-only disk
+    (:func:`disk_errno`) is raised as an ``OSError`` naming `target`.
     """
     target = Path(target)
     tmp = temp_sibling(target)
+    made = missing_dirs(target.parent)
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         reclaim_stale(target.parent)
@@ -262,8 +283,10 @@ def atomic_directory(target: Path) -> Iterator[Path]:
             shutil.rmtree(old, ignore_errors=True)
         elif old is not None:
             old.unlink(missing_ok=True)
-    except Exception as exc:
-        named = _naming(exc, target)
+    except BaseException as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        remove_empty(made)
+        named = _naming(exc, target) if isinstance(exc, Exception) else exc
         if named is exc:
             raise
         raise named from exc

@@ -8,8 +8,6 @@ as it was (or nothing), never a mix of two evaluations or a half-written one.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -107,23 +105,6 @@ def _check_replaceable(out: Path) -> None:
         )
 
 
-@contextmanager
-def _written_atomically(out: Path) -> Iterator[Path]:
-    """:func:`~mindzoo.atomic.atomic_directory` for ``out``; on failure also the parent
-    directories it made are removed again (when still empty)."""
-    made = [p for p in (out.parent, *out.parent.parents) if not p.exists()]
-    try:
-        with atomic_directory(out) as tmp:
-            yield tmp
-    except BaseException:
-        for parent in made:  # deepest first
-            try:
-                parent.rmdir()
-            except OSError:
-                break
-        raise
-
-
 def evaluate_run(
     run_dir: Path,
     out: Path | None = None,
@@ -145,7 +126,7 @@ def evaluate_run(
     run_dir = Path(run_dir)
     out = Path(out) if out is not None else run_dir / "eval"
     _check_replaceable(out)
-    with _written_atomically(out) as tmp:
+    with atomic_directory(out) as tmp:  # (removes the folders it made on failure)
         return _evaluate_into(run_dir, tmp, subjects, store)
 
 

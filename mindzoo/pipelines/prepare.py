@@ -27,6 +27,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, field_validator
 
 from mindzoo import __version__
+from mindzoo.atomic import missing_dirs, remove_empty
 from mindzoo.config import apply_overrides, config_hash, validate
 from mindzoo.datasets import catalog, datalad_source
 from mindzoo.datasets.catalog import DatasetSpec, get_dataset
@@ -215,11 +216,10 @@ def store_lock(out: Path) -> Iterator[int]:
     if it made it: a refused command writes nothing. Removing is safe for waiters: whoever gets
     the lock checks that its file is still the one at the path, and retries otherwise."""
     path = out.parent / f".{out.name}.lock"
-    made: list[Path] = []  # folders this call created, innermost first
+    made: list[Path] = []  # folders this call created
     try:  # one line for a place that cannot hold the lock file (e.g. under /proc)
         while True:  # (again after a retry: the last holder may have removed them)
-            missing = [p for p in [out.parent, *out.parent.parents] if not p.exists()]
-            made = sorted(set(made) | set(missing), key=lambda p: -len(p.parts))
+            made = [*made, *missing_dirs(out.parent)]
             out.parent.mkdir(parents=True, exist_ok=True)
             fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
             try:
@@ -245,11 +245,7 @@ def store_lock(out: Path) -> Iterator[int]:
     finally:
         if not out.exists():
             path.unlink(missing_ok=True)  # under the lock: waiters see a removed file, retry
-            for folder in made:  # innermost first; only empty folders this call made
-                try:
-                    folder.rmdir()
-                except OSError:
-                    break
+            remove_empty(made)  # only empty folders this call made
         os.close(fd)
 
 
