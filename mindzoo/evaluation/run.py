@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from mindzoo.atomic import TEMP_PREFIX, atomic_directory
-from mindzoo.datasets.remote import is_url
+from mindzoo.datasets.remote import MANIFEST, is_url
 from mindzoo.datasets.store import TensorStore
 from mindzoo.errors import UserInputError
 from mindzoo.evaluation.classification import EPHYS_KINDS, evaluate_ephys_run
@@ -53,7 +53,7 @@ def run_store(config: dict[str, Any], run_dir: Path, store: str | Path | None = 
         raise UserInputError(f"--store {store} does not exist; pass the store the run used")
     wanted = str(config.get("store_config_hash", ""))
     version = given / "versions" / wanted[:12]
-    if wanted and (version / "manifest.json").is_file():
+    if wanted and (version / MANIFEST).is_file():
         return str(version)
     found = TensorStore.open(given).manifest.get("config_hash", "")
     if wanted and found != wanted:

@@ -118,7 +118,7 @@ def fit_bids_subject(plan: FMRIPlan, subject: str, progress: bool = True) -> Sub
 
 def _with_dropped_runs(data: SubjectBetas, plan: FMRIPlan, subject: str) -> SubjectBetas:
     """``data`` naming the runs of ``subject`` left out for want of trials."""
-    dropped = runs_without_trials(subject, plan.selection, plan.config)
+    dropped = runs_without_trials(subject, plan.selection, plan.plans[subject])
     return dataclasses.replace(data, runs_without_trials=dropped) if dropped else data
 
 

@@ -173,12 +173,14 @@ def plan_subject(
 
 
 def runs_without_trials(
-    subject: str, selection: RunSelection, config: FMRIPipelineConfig
+    subject: str, selection: RunSelection, plans: list[RunPlan]
 ) -> tuple[str, ...]:
-    """The chosen runs of ``subject`` that :func:`plan_subject` leaves out: no events row of
-    theirs names a stimulus (an empty events table, or only responses/fixations)."""
-    runs = [run for run in selection.runs if run.subject == subject]
-    return tuple(run.name for run in runs if run_trials(run, config).empty)
+    """The chosen runs of ``subject`` that :func:`plan_subject` left out of its ``plans``: no
+    events row of theirs names a stimulus (an empty events table, or only responses)."""
+    planned = {plan.run.name for plan in plans}
+    return tuple(
+        run.name for run in selection.runs if run.subject == subject and run.name not in planned
+    )
 
 
 def load_bold(path: Path) -> nib.Nifti1Image:
