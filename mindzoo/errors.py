@@ -11,4 +11,9 @@ class UserInputError(Exception):
 
 class DamagedFileError(UserInputError):
     """A file mindzoo wrote no longer matches the checksum written with it (or is unreadable):
-    the message names the file and how to re-create or check it. Exit status 2, like bad input."""
+    the message names the file and how to re-create or check it. Exit status 2, like bad input.
+    ``problem`` is what is wrong without the advice (what ``verify`` lists); default the message."""
+
+    def __init__(self, message: str, problem: str | None = None) -> None:
+        super().__init__(message)
+        self.problem = problem or message

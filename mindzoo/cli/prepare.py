@@ -52,12 +52,10 @@ def summarise_store(store: TensorStore) -> dict:
         if len(shape) == 3:
             sizes[subject]["n_times"] = int(shape[2])
         attrs = store.axis(subject)[1]
-        for key in ("line_noise", "events_without_value"):
+        for key in ("line_noise", "events_without_value", "runs_without_trials"):
             if attrs.get(key):
-                sizes[subject][key] = attrs[key]
-        dropped = store.axis(subject)[1].get("runs_without_trials")
-        if dropped:
-            sizes[subject]["runs_without_trials"] = list(dropped)
+                value = attrs[key]
+                sizes[subject][key] = list(value) if isinstance(value, (list, tuple)) else value
     return sizes
 
 

@@ -60,7 +60,7 @@ from mindzoo.datasets.spike_store import (
     write_spike_subject,
 )
 from mindzoo.datasets.verified import ChecksummedStore, parse_manifest, sha256_files
-from mindzoo.errors import UserInputError
+from mindzoo.errors import DamagedFileError, UserInputError
 
 SCHEMA_VERSION = 1
 FEATURE_CHUNK = _TRIAL_CHUNK  # rows per chunk of a features array
@@ -488,9 +488,8 @@ def verify_store(path: Path | str | RemotePath) -> VerifyReport:
     version = resolve_store(path)
     try:
         manifest = _read_manifest(version)
-    except UserInputError as exc:  # a damaged manifest is what verify reports, not a refusal
-        problem = str(exc).split(": the store")[0].removeprefix(f"{version}/")
-        return VerifyReport(version, 0, 0, [problem])
+    except DamagedFileError as exc:  # a damaged manifest is what verify reports, not a refusal
+        return VerifyReport(version, 0, 0, [exc.problem])
     expected: dict[str, str] = manifest.get("checksums", {})
     problems: list[str] = []
     n_bytes = 0

@@ -54,20 +54,21 @@ def sha256_files(root: Path, rels: Iterable[str], desc: str = "hash") -> dict[st
 
 
 def parse_manifest(text: str, where: str) -> dict[str, Any]:
-    """A version's manifest from its ``text``; a damaged one is refused in one line."""
+    """A version's manifest from its ``text``; a damaged one is refused in one line (the
+    error's ``problem`` says what is wrong without the advice, for ``verify``'s report)."""
     try:
         manifest = json.loads(text)
     except ValueError as exc:
         manifest = exc
     if not isinstance(manifest, dict) or not isinstance(manifest.get("checksums", {}), dict):
-        what = (
-            f"is not valid JSON ({manifest})"
-            if isinstance(manifest, Exception)
-            else ("is not a manifest")
+        what = "is not valid JSON" if isinstance(manifest, Exception) else "is not a manifest"
+        problem = f"manifest.json {what}" + (
+            f" ({manifest})" if isinstance(manifest, Exception) else ""
         )
         raise DamagedFileError(
-            f"{where}/manifest.json {what}: the store version is damaged; run "
-            f"`braindecode-cli verify --repair {where}` to set it aside, then `prepare` again"
+            f"{where}/{problem}: the store version is damaged; run "
+            f"`braindecode-cli verify --repair {where}` to set it aside, then `prepare` again",
+            problem,
         )
     return manifest
 
